@@ -1,0 +1,40 @@
+"""
+The fork-safe ENGINEs: django_forksafe.backends.<vendor>.
+
+Django reports a missing ENGINE module with a list of its own backends; an
+unknown name under this package gets the list of ours instead.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from django.core.exceptions import ImproperlyConfigured
+
+ENGINES = [f"{__name__}.{vendor}" for vendor in ("mysql", "postgresql", "sqlite3")]
+
+
+class _UnknownEngineFinder(importlib.abc.MetaPathFinder):
+    # Last on sys.meta_path: asked only about modules no other finder found.
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.rpartition(".")[0] != __name__:
+            return None
+        raise ImproperlyConfigured(
+            f"{fullname!r} is not a django-forksafe ENGINE. Available ENGINEs: "
+            f"{', '.join(map(repr, ENGINES))}. To make another backend fork-safe, "
+            "wrap its DatabaseWrapper with django_forksafe.forksafe() in a base.py "
+            "of your own (see the README)."
+        )
+
+
+if not any(isinstance(finder, _UnknownEngineFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_UnknownEngineFinder())

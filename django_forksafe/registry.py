@@ -1,0 +1,126 @@
+"""
+The process-wide record of open raw connections, and their silent invalidation
+in a child process.
+
+Invalidation never sends a byte to the server: a socket shared with the parent
+is pointed at /dev/null before the driver frees the connection, and a handle
+without a socket (SQLite's files) is never touched again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django_forksafe.wrapper import ForkSafeMixin
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """What invalidate_inherited() did in this process."""
+
+    parent_pid: int
+    aliases: list[str]
+
+
+@dataclass(frozen=True)
+class _OpenConnection:
+    raw: Any
+    pid: int
+    wrapper_ref: weakref.ref[ForkSafeMixin]
+
+
+# Strong references on purpose. In a child, CPython clears the other threads'
+# state (and with it their thread-local DatabaseWrappers) before at-fork
+# handlers run; holding the raw connections here keeps a driver's deallocator
+# (mysqlclient sends COM_QUIT) from running before the socket is redirected.
+_open_connections: dict[int, _OpenConnection] = {}
+
+# The process that last invalidated inherited connections (or imported us).
+# Comparing it with os.getpid() detects forks that skipped at-fork handlers.
+_known_pid = os.getpid()
+
+
+def track(wrapper: ForkSafeMixin, raw: Any) -> None:
+    """Record a raw connection that `wrapper` has just opened."""
+    pid = os.getpid()
+    if pid != _known_pid:
+        # Forked behind Python's back and not yet noticed: invalidate what was
+        # inherited before this process's own connections join the record.
+        invalidate_inherited()
+    key = id(raw)
+
+    def forget(_ref: weakref.ref[ForkSafeMixin]) -> None:
+        # The wrapper was collected without close(). In the opening process,
+        # let the driver close the connection as plain Django would; in a
+        # child, leave it for invalidate_inherited() to silence first.
+        entry = _open_connections.get(key)
+        if entry is not None and entry.pid == os.getpid():
+            del _open_connections[key]
+
+    _open_connections[key] = _OpenConnection(raw, pid, weakref.ref(wrapper, forget))
+
+
+def untrack(raw: Any) -> None:
+    """Forget a raw connection its own process has closed."""
+    _open_connections.pop(id(raw), None)
+
+
+def invalidate_if_forked() -> Invalidation | None:
+    """Invalidate inherited connections if this process forked unnoticed."""
+    if os.getpid() == _known_pid:
+        return None
+    return invalidate_inherited()
+
+
+def invalidate_inherited() -> Invalidation:
+    """
+    Silence every recorded connection opened by another process, and reset
+    the DatabaseWrappers that held them so they reconnect lazily.
+    """
+    global _known_pid
+    pid = os.getpid()
+    parent_pid, _known_pid = _known_pid, pid
+    inherited = [entry for entry in list(_open_connections.values()) if entry.pid != pid]
+    aliases: list[str] = []
+    if not inherited:
+        return Invalidation(parent_pid, aliases)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for entry in inherited:
+            del _open_connections[id(entry.raw)]
+            _silence(entry.raw, devnull)
+            wrapper = entry.wrapper_ref()
+            if wrapper is not None and wrapper.connection is entry.raw:
+                wrapper._forksafe_forget_connection()
+                aliases.append(wrapper.alias)
+    finally:
+        os.close(devnull)
+    return Invalidation(parent_pid, aliases)
+
+
+def _silence(raw: Any, devnull: int) -> None:
+    try:
+        fd = raw.fileno()
+    except Exception:  # No such method (SQLite), or a broken connection.
+        fd = -1
+    if not isinstance(fd, int) or fd < 0:
+        # Nothing to redirect: the driver must never touch this handle again,
+        # not even from its deallocator at interpreter exit. SQLite's rule
+        # for handles opened before fork() is exactly that.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(raw))
+        return
+    # Redirect rather than os.close(): the descriptor number stays taken until
+    # the driver's own close(), whose goodbye (COM_QUIT, Terminate, TLS
+    # close_notify) and shutdown() now go nowhere.
+    os.dup2(devnull, fd, inheritable=False)
+    with contextlib.suppress(Exception):
+        raw.close()
+
+
+os.register_at_fork(after_in_child=invalidate_inherited)

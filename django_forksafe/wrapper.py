@@ -1,0 +1,110 @@
+"""The fork-safe DatabaseWrapper mixin, and forksafe() which applies it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TypeVar
+
+from django.core.signals import request_started
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from django_forksafe import conf, registry
+
+WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
+
+
+class ForkSafeMixin(BaseDatabaseWrapper):
+    """
+    Records which process opened each connection, and lets a child process
+    drop inherited connections without sending anything to the server.
+
+    Nothing here runs per query unless FORKSAFE_STRICT is on: children are
+    cleaned up by the at-fork handler (see registry), and forks that skip it
+    are noticed on the next request, close() or new connection.
+    """
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        connection = super().get_new_connection(conn_params)
+        if not self._forksafe_shares_nothing_with_children():
+            registry.track(self, connection)
+        return connection
+
+    def connect(self) -> None:
+        strict = conf.strict()  # Fail on a bad setting before opening anything.
+        super().connect()
+        if strict:
+            # An instance attribute, so that the default mode adds no call to
+            # every query.
+            vars(self)["ensure_connection"] = self._forksafe_checked_ensure_connection
+        else:
+            vars(self).pop("ensure_connection", None)
+
+    def _forksafe_checked_ensure_connection(self) -> None:
+        registry.invalidate_if_forked()
+        super().ensure_connection()
+
+    def _close(self) -> None:
+        registry.invalidate_if_forked()
+        connection = self.connection
+        if connection is None:  # It was inherited and is now forgotten.
+            return
+        try:
+            super()._close()
+        finally:
+            registry.untrack(connection)
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        # Before Django's health check can ping the server over a shared socket.
+        registry.invalidate_if_forked()
+        super().close_if_unusable_or_obsolete()
+
+    def _forksafe_shares_nothing_with_children(self) -> bool:
+        # An in-memory SQLite database has no socket or file to share: a child
+        # keeps using its private copy, as Django's parallel test runner does.
+        is_in_memory_db = getattr(self, "is_in_memory_db", None)
+        return callable(is_in_memory_db) and bool(is_in_memory_db())
+
+    def _forksafe_forget_connection(self) -> None:
+        # Django's close() without the server round trip: inside an atomic
+        # block the connection counts as closed in the transaction (queries
+        # raise, leaving the block sends neither COMMIT nor ROLLBACK), and the
+        # next connect() after the outermost block starts afresh.
+        self.run_on_commit = []
+        if self.in_atomic_block:
+            self.closed_in_transaction = True
+            self.needs_rollback = True
+        self.connection = None
+
+
+def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
+    """
+    Return a fork-safe subclass of a backend's DatabaseWrapper class.
+
+    A third-party backend becomes fork-safe with a base.py of its own::
+
+        from some_backend import base
+        from django_forksafe import forksafe
+        DatabaseWrapper = forksafe(base.DatabaseWrapper)
+    """
+    if not (isinstance(wrapper_class, type) and issubclass(wrapper_class, BaseDatabaseWrapper)):
+        raise TypeError(
+            "forksafe() takes a database wrapper class, a subclass of "
+            "django.db.backends.base.base.BaseDatabaseWrapper such as a "
+            f"backend's base.DatabaseWrapper; got {wrapper_class!r} "
+            f"(of type {type(wrapper_class).__qualname__})."
+        )
+    if issubclass(wrapper_class, ForkSafeMixin):
+        return wrapper_class
+    namespace = {
+        "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
+        "__qualname__": wrapper_class.__qualname__,
+        "__doc__": f"Fork-safe {wrapper_class.__module__}.{wrapper_class.__qualname__}.",
+    }
+    return type(wrapper_class.__name__, (ForkSafeMixin, wrapper_class), namespace)  # type: ignore[return-value]
+
+
+def _invalidate_if_forked(**kwargs: Any) -> None:
+    registry.invalidate_if_forked()
+
+
+request_started.connect(_invalidate_if_forked, dispatch_uid="django_forksafe.invalidate_if_forked")

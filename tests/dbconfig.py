@@ -1,0 +1,59 @@
+"""Where the test servers are: env vars FORKSAFE_MYSQL_* / FORKSAFE_PG_*."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+SERVER_VENDORS = ("mysql", "postgresql")
+VENDORS = (*SERVER_VENDORS, "sqlite3")
+
+_PREFIX = {"mysql": "FORKSAFE_MYSQL_", "postgresql": "FORKSAFE_PG_"}
+_DEFAULTS = {
+    "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "root", "PASSWORD": "", "NAME": "test"},
+    "postgresql": {
+        "HOST": "127.0.0.1",
+        "PORT": "5432",
+        "USER": "postgres",
+        "PASSWORD": "",
+        "NAME": "test",
+    },
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def server(vendor: str) -> dict[str, str]:
+    """HOST, PORT, USER, PASSWORD and NAME of the vendor's test server."""
+    return {
+        key: os.environ.get(_PREFIX[vendor] + key, default)
+        for key, default in _DEFAULTS[vendor].items()
+    }
+
+
+def unreachable_reason(vendor: str) -> str | None:
+    """Why the vendor's server cannot be used, or None if it answers."""
+    if vendor == "sqlite3":
+        return None
+    config = server(vendor)
+    try:
+        with socket.create_connection((config["HOST"], int(config["PORT"])), timeout=2):
+            return None
+    except OSError as exc:
+        return (
+            f"{vendor} server not reachable at {config['HOST']}:{config['PORT']} ({exc}); "
+            f"set {_PREFIX[vendor]}HOST/PORT/USER/PASSWORD/NAME"
+        )
+
+
+def database(vendor: str, engine: str = "forksafe", **extra: Any) -> dict[str, Any]:
+    """A DATABASES entry for the vendor, on our ENGINE or Django's ("plain")."""
+    package = "django_forksafe.backends" if engine == "forksafe" else "django.db.backends"
+    entry: dict[str, Any] = {"ENGINE": f"{package}.{vendor}"}
+    if vendor != "sqlite3":
+        entry.update(server(vendor))
+    entry.update(extra)
+    return entry

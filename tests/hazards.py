@@ -1,0 +1,636 @@
+"""
+Fork hazards, reproduced with real forks against real servers.
+
+Run as ``python -m tests.hazards SCENARIO VENDOR ENGINE`` (ENGINE is
+``forksafe`` or ``plain``): each scenario runs in a fresh process, forks, and
+prints one JSON object of observations for tests/test_hazards.py to judge.
+Session checks go through a separate monitor connection on the server side.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import django
+from django.conf import settings
+
+from tests import dbconfig
+
+SESSION_ID_SQL = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
+Result = dict[str, Any]
+
+
+def libc_fork() -> int:
+    """fork() as uWSGI calls it: Python's at-fork handlers do not run."""
+    # PyDLL keeps the GIL across the call, so the child does not inherit a GIL
+    # held by a thread that no longer exists.
+    return ctypes.PyDLL(None).fork()  # type: ignore[no-any-return]
+
+
+def in_child(
+    work: Callable[[], Result],
+    fork: Callable[[], int] = os.fork,
+    go: int | None = None,
+) -> int:
+    """Fork; the child runs `work`, sends its result down a pipe and exits
+    without interpreter finalization. Returns the pipe's read end."""
+    read_end, write_end = os.pipe()
+    pid = fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            if go is not None:
+                os.read(go, 1)
+            result = work()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            result = {"child_error": f"{type(exc).__name__}: {exc}"}
+        with os.fdopen(write_end, "w") as pipe:
+            json.dump(result, pipe)
+        os._exit(0)
+    os.close(write_end)
+    _children[read_end] = pid
+    return read_end
+
+
+_children: dict[int, int] = {}
+
+
+def child_result(read_end: int) -> Result:
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    pid = _children.pop(read_end)
+    _, status = os.waitpid(pid, 0)
+    result: Result = json.loads(data) if data else {"child_error": "no result"}
+    result["child_exit_status"] = os.waitstatus_to_exitcode(status)
+    return result
+
+
+def run_child(work: Callable[[], Result], fork: Callable[[], int] = os.fork) -> Result:
+    return child_result(in_child(work, fork))
+
+
+class Monitor:
+    """A raw driver connection, outside Django, that watches the server."""
+
+    def __init__(self, vendor: str) -> None:
+        self.vendor = vendor
+        config = dbconfig.server(vendor)
+        if vendor == "mysql":
+            import MySQLdb
+
+            self.conn = MySQLdb.connect(
+                host=config["HOST"],
+                port=int(config["PORT"]),
+                user=config["USER"],
+                password=config["PASSWORD"],
+                database=config["NAME"],
+                autocommit=True,
+            )
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(
+                host=config["HOST"],
+                port=config["PORT"],
+                user=config["USER"],
+                password=config["PASSWORD"] or None,
+                dbname=config["NAME"],
+                autocommit=True,
+            )
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            cursor.close()
+
+    def alive(self, session_id: int) -> bool:
+        if self.vendor == "mysql":
+            sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s"
+        else:
+            sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s"
+        return bool(self.query(sql, (session_id,))[0][0])
+
+    def sessions(self) -> int:
+        """Sessions on our test database, this monitor's own included."""
+        if self.vendor == "mysql":
+            sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s"
+        else:
+            sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s"
+        return int(self.query(sql, (dbconfig.server(self.vendor)["NAME"],))[0][0])
+
+    def wait_for_sessions(self, expected: int, seconds: float = 20.0) -> int:
+        """Sessions end asynchronously after a client exits: poll, bounded."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while (count := self.sessions()) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return count
+
+
+def session_id(alias: str = "default") -> int:
+    from django.db import connections
+
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute(SESSION_ID_SQL[connection.vendor])
+        return int(cursor.fetchone()[0])
+
+
+class Parent:
+    """The parent's session, as it was before the fork: id, raw connection and
+    a temporary table only that session can see."""
+
+    def __init__(self, alias: str = "default", monitor: Monitor | None = None) -> None:
+        from django.db import connections
+
+        self.alias = alias
+        self.connection = connections[alias]
+        self.monitor = monitor
+        self.session_id = session_id(alias)
+        self.raw = self.connection.connection
+        with self.connection.cursor() as cursor:
+            cursor.execute("CREATE TEMPORARY TABLE forksafe_probe (v INTEGER)")
+            cursor.execute("INSERT INTO forksafe_probe VALUES (42)")
+
+    def check(self) -> Result:
+        """Whether the parent still has its own session, seen both ways."""
+        result: Result = {"parent_error": None}
+        try:
+            result["parent_same_session"] = session_id(self.alias) == self.session_id
+            with self.connection.cursor() as cursor:
+                cursor.execute("SELECT v FROM forksafe_probe")
+                result["parent_probe"] = cursor.fetchone()[0]
+        except Exception as exc:
+            result["parent_error"] = f"{type(exc).__name__}: {exc}"
+        result["parent_same_raw"] = self.connection.connection is self.raw
+        if self.monitor is not None:
+            result["parent_session_on_server"] = self.monitor.alive(self.session_id)
+        return result
+
+
+def setup(vendor: str, engine: str, **options: Any) -> Monitor | None:
+    databases = options.pop("DATABASES", None) or {
+        "default": dbconfig.database(
+            vendor,
+            engine,
+            **({"NAME": os.path.join(tempfile.mkdtemp(), "db.sqlite3")} if vendor == "sqlite3" else {}),
+        )
+    }
+    settings.configure(DATABASES=databases, USE_TZ=True, **options)
+    django.setup()
+    return Monitor(vendor) if vendor in dbconfig.SERVER_VENDORS else None
+
+
+def child_session() -> Result:
+    """The child's own use of the database."""
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    created: list[int] = []
+    connection_created.connect(lambda **kwargs: created.append(os.getpid()), weak=False)
+    return {"child_session": session_id(), "connection_created_in_child": created == [os.getpid()]}
+
+
+# Scenarios: each takes (vendor, engine) and returns observations.
+
+
+def child_closes(vendor: str, engine: str) -> Result:
+    """The child's habitual clean-up: connection.close()."""
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+
+    def work() -> Result:
+        from django.db import connection
+
+        connection.close()
+        return {}
+
+    return {**run_child(work), **parent.check()}
+
+
+def child_closes_all(vendor: str, engine: str) -> Result:
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+
+    def work() -> Result:
+        from django.db import connections
+
+        connections.close_all()
+        return {}
+
+    return {**run_child(work), **parent.check()}
+
+
+def child_closes_old_connections(vendor: str, engine: str) -> Result:
+    """close_old_connections(), as a Celery task or a request does. With the
+    default CONN_MAX_AGE=0 the connection is obsolete, so Django closes it."""
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+
+    def work() -> Result:
+        from django.db import close_old_connections
+
+        close_old_connections()
+        return {}
+
+    return {**run_child(work), **parent.check()}
+
+
+def child_queries(vendor: str, engine: str) -> Result:
+    """The child uses the database: it must get a session of its own."""
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+    result = run_child(child_session)
+    return {**result, **parent.check(), "parent_session": parent.session_id}
+
+
+def child_drops_connection(vendor: str, engine: str) -> Result:
+    """The child lets the connection be garbage-collected: mysqlclient's
+    deallocator sends COM_QUIT, psycopg's does not."""
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+
+    def work() -> Result:
+        from django.db import connections
+
+        del connections["default"]
+        parent.connection = parent.raw = None
+        gc.collect()
+        return {}
+
+    return {**run_child(work), **parent.check()}
+
+
+def child_exits(vendor: str, engine: str) -> Result:
+    """The child ends through sys.exit(): interpreter finalization frees the
+    inherited connection. No try/finally on this path: the child unwinds it."""
+    monitor = setup(vendor, engine)
+    parent = Parent()
+    if monitor is not None:
+        # The monitor is a plain driver connection: finalization in the child
+        # would end its session too. Reopen it once the child is gone.
+        monitor.conn.close()
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    parent.monitor = Monitor(vendor) if monitor is not None else None
+    return {"child_exit_status": os.waitstatus_to_exitcode(status), **parent.check()}
+
+
+def other_thread(vendor: str, engine: str) -> Result:
+    """Another thread of the parent holds a connection at fork time. In the
+    child CPython destroys that thread's state, and with it the thread-local
+    wrapper; the child's garbage collection then frees the connection."""
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+    opened, fork_done = threading.Event(), threading.Event()
+    thread_result: Result = {}
+
+    def hold_connection() -> None:
+        from django.db import connection
+
+        before = session_id()
+        opened.set()
+        fork_done.wait()
+        try:
+            thread_result["thread_same_session"] = session_id() == before
+        except Exception as exc:
+            thread_result["thread_error"] = f"{type(exc).__name__}: {exc}"
+        thread_result["thread_session_on_server"] = monitor is not None and monitor.alive(before)
+        connection.close()
+
+    thread = threading.Thread(target=hold_connection)
+    thread.start()
+    opened.wait()
+
+    def work() -> Result:
+        gc.collect()
+        return child_session()
+
+    result = run_child(work)
+    fork_done.set()
+    thread.join()
+    return {**result, **thread_result, **parent.check()}
+
+
+def fork_in_atomic(vendor: str, engine: str) -> Result:
+    """The parent forks inside transaction.atomic() and later rolls back."""
+    from django.db import ProgrammingError
+
+    monitor = setup(vendor, engine)
+    assert monitor is not None
+    from django.db import connection, transaction
+
+    table = f"forksafe_atomic_{os.getpid()}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (v INTEGER)")
+    parent_session = session_id()
+    result: Result = {}
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"INSERT INTO {table} VALUES (1)")
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                # The child is inside the inherited block.
+                os.close(read_end)
+                child: Result = {}
+                try:
+                    with connection.cursor() as cursor:
+                        cursor.execute(f"SELECT COUNT(*) FROM {table}")
+                    child["query_in_block"] = "succeeded"
+                except ProgrammingError as exc:
+                    child["query_in_block"] = f"ProgrammingError: {exc}"
+                except Exception as exc:
+                    child["query_in_block"] = f"{type(exc).__name__}: {exc}"
+            else:
+                os.close(write_end)
+                with os.fdopen(read_end) as pipe:
+                    result.update(json.loads(pipe.read()))
+                os.waitpid(pid, 0)
+                # Still inside the parent's transaction: is it intact?
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SELECT COUNT(*) FROM {table}")
+                    result["parent_sees_own_row"] = cursor.fetchone()[0] == 1
+                result["others_see_row_before_rollback"] = (
+                    monitor.query(f"SELECT COUNT(*) FROM {table}")[0][0] == 1
+                )
+                transaction.set_rollback(True)
+        if pid == 0:
+            # The child has left the outermost block.
+            try:
+                child["child_session_after_block"] = session_id()
+            except Exception as exc:
+                child["child_error_after_block"] = f"{type(exc).__name__}: {exc}"
+            with os.fdopen(write_end, "w") as pipe:
+                json.dump(child, pipe)
+            os._exit(0)
+        result["rows_after_parent_rollback"] = monitor.query(f"SELECT COUNT(*) FROM {table}")[0][0]
+        result["parent_same_session"] = session_id() == parent_session
+        result["parent_session"] = parent_session
+    finally:
+        if os.getpid() == _scenario_pid:
+            monitor.query(f"DROP TABLE {table}")
+    return result
+
+
+def concurrent(vendor: str, engine: str) -> Result:
+    """The parent and several children query at the same time; every reply
+    must be the one asked for, from the process's own session."""
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+    children, rounds = 4, 300
+    go_read, go_write = os.pipe()
+
+    def hammer() -> Result:
+        from django.db import connection
+
+        sessions, wrong = set(), 0
+        for i in range(rounds):
+            token = f"{os.getpid()}-{i}"
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT %s, ({SESSION_ID_SQL[vendor]})", [token])
+                reply, session = cursor.fetchone()
+            wrong += reply != token
+            sessions.add(int(session))
+        return {"wrong_replies": wrong, "sessions": sorted(sessions)}
+
+    pipes = [in_child(hammer, go=go_read) for _ in range(children)]
+    os.write(go_write, b"x" * children)
+    mine = hammer()
+    results = [child_result(pipe) for pipe in pipes]
+    return {
+        "parent": mine,
+        "children": results,
+        "parent_session": parent.session_id,
+        **parent.check(),
+    }
+
+
+def leak_cycles(vendor: str, engine: str) -> Result:
+    """50 fork/use/exit cycles; then the server's session count must be back to
+    where it started plus the parent's own."""
+    monitor = setup(vendor, engine)
+    assert monitor is not None
+    before = monitor.sessions()
+    parent = Parent(monitor=monitor)
+
+    def work() -> Result:
+        from django.db import connection
+
+        session = session_id()
+        connection.close()
+        return {"child_session": session}
+
+    sessions = {run_child(work).get("child_session") for _ in range(50)}
+    after = monitor.wait_for_sessions(before + 1)
+    return {
+        "sessions_before": before,
+        "sessions_after": after,
+        "distinct_child_sessions": len(sessions - {None}),
+        **parent.check(),
+    }
+
+
+def thread_dies_unclosed(vendor: str, engine: str) -> Result:
+    """No leak in the parent: a thread that opened a connection and ended
+    without closing it leaves nothing behind once its wrapper is collected."""
+    monitor = setup(vendor, engine)
+    assert monitor is not None
+    from django_forksafe import registry
+
+    before = monitor.sessions()
+    thread_session: list[int] = []
+    thread = threading.Thread(target=lambda: thread_session.append(session_id()))
+    thread.start()
+    thread.join()
+    opened = monitor.alive(thread_session[0])
+    del thread
+    gc.collect()
+    return {
+        "thread_session_opened": opened,
+        "registry_after": len(registry._open_connections),
+        "sessions_before": before,
+        "sessions_after": monitor.wait_for_sessions(before),
+    }
+
+
+def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
+    """A fork that skips Python's at-fork handlers, then `trigger` in the child."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        monitor = setup(vendor, engine, FORKSAFE_STRICT=trigger == "strict_query")
+        parent = Parent(monitor=monitor)
+
+        def work() -> Result:
+            from django.core.signals import request_started
+            from django.db import close_old_connections, connection, connections
+
+            if trigger == "close":
+                connection.close()
+            elif trigger == "close_all":
+                connections.close_all()
+            elif trigger == "close_old_connections":
+                close_old_connections()
+            elif trigger == "request_started":
+                request_started.send(sender=None)
+            elif trigger in ("query", "strict_query"):
+                return {"child_session": session_id()}
+            # After detection, the child connects on its own.
+            return child_session()
+
+        result = run_child(work, fork=libc_fork)
+        return {**result, **parent.check(), "parent_session": parent.session_id}
+
+    return scenario
+
+
+def several_aliases(vendor: str, engine: str) -> Result:
+    """MySQL, PostgreSQL and SQLite at once; the child closes them all and
+    then uses each with sessions of its own."""
+    databases = {
+        "default": dbconfig.database("sqlite3", engine, NAME=os.path.join(tempfile.mkdtemp(), "db")),
+        "mysql": dbconfig.database("mysql", engine),
+        "postgresql": dbconfig.database("postgresql", engine),
+        "replica": dbconfig.database("postgresql", engine),
+    }
+    setup(vendor, engine, DATABASES=databases)
+    monitors = {"mysql": Monitor("mysql"), "postgresql": Monitor("postgresql")}
+    monitors["replica"] = monitors["postgresql"]
+    from django.db import connections
+
+    parents = {alias: Parent(alias, monitors[alias]) for alias in ("mysql", "postgresql", "replica")}
+    sqlite_raw = connections["default"].connection if connections["default"].cursor() else None
+
+    def work() -> Result:
+        connections.close_all()
+        return {
+            "child_sessions": {alias: session_id(alias) for alias in parents},
+            "child_sqlite_reopened": connections["default"].cursor() is not None
+            and connections["default"].connection is not sqlite_raw,
+        }
+
+    result = run_child(work)
+    result["parents"] = {alias: parent.check() for alias, parent in parents.items()}
+    result["parent_sessions"] = {alias: parent.session_id for alias, parent in parents.items()}
+    return result
+
+
+def sqlite_file(vendor: str, engine: str) -> Result:
+    """SQLite's own rule: a handle opened before fork() is never used or
+    closed in the child. A trace callback on the parent's handle sees use."""
+    setup("sqlite3", engine)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE t (v INTEGER)")
+        cursor.execute("INSERT INTO t VALUES (1)")
+    raw = connection.connection
+    statements: list[str] = []
+    raw.set_trace_callback(statements.append)
+
+    def work() -> Result:
+        import sqlite3
+
+        seen_before = len(statements)
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO t VALUES (2)")
+        connection.close()
+        try:
+            raw.total_changes  # noqa: B018 - raises if the handle was closed
+            inherited_open = True
+        except sqlite3.ProgrammingError:
+            inherited_open = False
+        return {
+            "inherited_handle_used": len(statements) > seen_before,
+            "inherited_handle_open": inherited_open,
+        }
+
+    result = run_child(work)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT v FROM t ORDER BY v")
+        result["parent_rows"] = [row[0] for row in cursor.fetchall()]
+    result["parent_same_raw"] = connection.connection is raw
+    return result
+
+
+def sqlite_memory(vendor: str, engine: str) -> Result:
+    """An in-memory database: the child keeps a private copy of it."""
+    settings.configure(
+        DATABASES={"default": dbconfig.database("sqlite3", engine, NAME=":memory:")}, USE_TZ=True
+    )
+    django.setup()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE t (v INTEGER)")
+        cursor.execute("INSERT INTO t VALUES (1)")
+    raw = connection.connection
+
+    def work() -> Result:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT v FROM t")
+            seen = [row[0] for row in cursor.fetchall()]
+            cursor.execute("INSERT INTO t VALUES (2)")
+        connection.close()  # Django keeps in-memory databases open.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT v FROM t ORDER BY v")
+            after_close = [row[0] for row in cursor.fetchall()]
+        return {"child_sees": seen, "child_after_close": after_close}
+
+    result = run_child(work)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT v FROM t ORDER BY v")
+        result["parent_rows"] = [row[0] for row in cursor.fetchall()]
+    result["parent_same_raw"] = connection.connection is raw
+    return result
+
+
+SCENARIOS: dict[str, Callable[[str, str], Result]] = {
+    "child_closes": child_closes,
+    "child_closes_all": child_closes_all,
+    "child_closes_old_connections": child_closes_old_connections,
+    "child_queries": child_queries,
+    "child_drops_connection": child_drops_connection,
+    "child_exits": child_exits,
+    "other_thread": other_thread,
+    "fork_in_atomic": fork_in_atomic,
+    "concurrent": concurrent,
+    "leak_cycles": leak_cycles,
+    "thread_dies_unclosed": thread_dies_unclosed,
+    "several_aliases": several_aliases,
+    "sqlite_file": sqlite_file,
+    "sqlite_memory": sqlite_memory,
+    **{
+        f"libc_fork_{trigger}": libc_fork_then(trigger)
+        for trigger in (
+            "close",
+            "close_all",
+            "close_old_connections",
+            "request_started",
+            "query",
+            "strict_query",
+        )
+    },
+}
+
+_scenario_pid = os.getpid()
+
+if __name__ == "__main__":
+    name, vendor, engine = sys.argv[1:4]
+    observations = SCENARIOS[name](vendor, engine)
+    print(json.dumps(observations))
