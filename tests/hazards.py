@@ -488,7 +488,7 @@ def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
                 close_old_connections()
             elif trigger == "request_started":
                 request_started.send(sender=None)
-            elif trigger in ("query", "strict_query"):
+            elif trigger == "strict_query":
                 return {"child_session": session_id()}
             # After detection, the child connects on its own.
             return child_session()
@@ -622,7 +622,6 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
             "close_all",
             "close_old_connections",
             "request_started",
-            "query",
             "strict_query",
         )
     },

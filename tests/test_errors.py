@@ -1,0 +1,85 @@
+"""Bad input gets a clear error that names the problem and the fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+from django.db.backends.sqlite3 import base as sqlite3_base
+from django.db.utils import load_backend
+from django.test import override_settings
+
+from django_forksafe import ForkSafeMixin, forksafe
+from tests.test_hazards import ROOT
+
+
+def test_unknown_engine_lists_available_engines() -> None:
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        load_backend("django_forksafe.backends.nosuch")
+    message = str(excinfo.value)
+    assert "'django_forksafe.backends.nosuch' is not a django-forksafe ENGINE" in message
+    for vendor in ("mysql", "postgresql", "sqlite3"):
+        assert f"'django_forksafe.backends.{vendor}'" in message
+    assert "forksafe()" in message
+
+
+def test_known_engines_load() -> None:
+    for vendor in ("mysql", "postgresql", "sqlite3"):
+        backend = load_backend(f"django_forksafe.backends.{vendor}")
+        assert issubclass(backend.DatabaseWrapper, ForkSafeMixin)
+        assert backend.DatabaseWrapper.__module__ == f"django_forksafe.backends.{vendor}.base"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [connections, sqlite3_base.DatabaseWrapper.__init__, object, int, "django.db.backends.mysql", None],
+)
+def test_forksafe_rejects_non_wrapper_classes(value: object) -> None:
+    with pytest.raises(TypeError) as excinfo:
+        forksafe(value)  # type: ignore[type-var]
+    assert "forksafe() takes a database wrapper class" in str(excinfo.value)
+    assert repr(value) in str(excinfo.value)
+
+
+def test_forksafe_is_idempotent() -> None:
+    wrapped = forksafe(sqlite3_base.DatabaseWrapper)
+    assert forksafe(wrapped) is wrapped
+    assert wrapped.__name__ == "DatabaseWrapper"
+    assert wrapped.__module__ == __name__
+
+
+@pytest.mark.parametrize("driver, vendor", [("MySQLdb", "mysql"), ("psycopg", "postgresql")])
+def test_missing_driver_gives_djangos_message(driver: str, vendor: str) -> None:
+    """Import each ENGINE with its driver hidden: the error must be Django's own."""
+    hide = f"import sys; sys.modules[{driver!r}] = None; sys.modules['psycopg2'] = None; "
+
+    def import_error(module: str) -> str:
+        process = subprocess.run(
+            [sys.executable, "-c", hide + f"import {module}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+        )
+        assert process.returncode != 0
+        return process.stderr[process.stderr.rindex("django.core.exceptions.") :]
+
+    ours = import_error(f"django_forksafe.backends.{vendor}.base")
+    assert ours == import_error(f"django.db.backends.{vendor}.base")
+    assert ours.startswith("django.core.exceptions.ImproperlyConfigured: Error loading")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_strict_setting_must_be_bool(value: object) -> None:
+    connection = connections["default"]
+    wrapper = type(connection)(connection.settings_dict.copy(), "default")
+    with override_settings(FORKSAFE_STRICT=value), pytest.raises(ImproperlyConfigured) as excinfo:
+        wrapper.ensure_connection()
+    assert "FORKSAFE_STRICT must be True or False" in str(excinfo.value)
+    assert wrapper.connection is None  # Nothing was opened.

@@ -1,0 +1,253 @@
+"""
+Each fork hazard, run for real by tests/hazards.py in a fresh process, with
+the forksafe ENGINE, and with Django's plain ENGINE as the control wherever
+the plain ENGINE fails deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import dbconfig
+from tests.hazards import SCENARIOS
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)
+LOST_SESSION = ("Lost connection", "gone away", "server closed the connection")
+
+
+def run(scenario: str, vendor: str, engine: str = "forksafe") -> dict[str, Any]:
+    assert scenario in SCENARIOS
+    needed = dbconfig.SERVER_VENDORS if scenario == "several_aliases" else (vendor,)
+    for name in needed:
+        reason = dbconfig.unreachable_reason(name)
+        if reason is not None:
+            if dbconfig.in_ci():
+                pytest.fail(reason)
+            pytest.skip(reason)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.run(
+        [sys.executable, "-m", "tests.hazards", scenario, vendor, engine],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert process.returncode == 0, process.stderr
+    result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
+    assert "child_error" not in result, result
+    return result
+
+
+def assert_kept_session(result: dict[str, Any]) -> None:
+    """The parent's next query ran on its original server session."""
+    assert result["parent_error"] is None
+    assert result["parent_same_raw"]
+    assert result["parent_same_session"]
+    assert result["parent_probe"] == 42  # Its TEMPORARY table is still there.
+    assert result["parent_session_on_server"]
+
+
+def assert_lost_session(result: dict[str, Any]) -> None:
+    assert result["parent_error"] is not None
+    assert any(message in result["parent_error"] for message in LOST_SESSION), result
+    assert not result["parent_session_on_server"]
+
+
+def assert_child_reconnected(result: dict[str, Any]) -> None:
+    assert result["child_session"] != result["parent_session"]
+    assert result["connection_created_in_child"]
+
+
+CHILD_CLEANUPS = ["child_closes", "child_closes_all", "child_closes_old_connections"]
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", CHILD_CLEANUPS)
+def test_child_cleanup_keeps_parent_session(scenario: str, vendor: str) -> None:
+    assert_kept_session(run(scenario, vendor))
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", CHILD_CLEANUPS)
+def test_control_child_cleanup_ends_parent_session(scenario: str, vendor: str) -> None:
+    assert_lost_session(run(scenario, vendor, "plain"))
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", ["child_drops_connection", "child_exits"])
+def test_child_gc_and_exit_keep_parent_session(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    assert result["child_exit_status"] == 0
+    assert_kept_session(result)
+
+
+@pytest.mark.parametrize("scenario", ["child_drops_connection", "child_exits"])
+def test_control_mysqlclient_deallocator_ends_parent_session(scenario: str) -> None:
+    # psycopg sends nothing from its deallocator, so only MySQL has a control.
+    assert_lost_session(run(scenario, "mysql", "plain"))
+
+
+@SERVERS
+def test_other_threads_connection_survives_child(vendor: str) -> None:
+    result = run("other_thread", vendor)
+    assert "thread_error" not in result
+    assert result["thread_same_session"]
+    assert result["thread_session_on_server"]
+    assert result["connection_created_in_child"]
+    assert_kept_session(result)
+
+
+def test_control_other_threads_connection_ended_by_child() -> None:
+    result = run("other_thread", "mysql", "plain")
+    assert any(message in result["thread_error"] for message in LOST_SESSION)
+    assert not result["thread_session_on_server"]
+
+
+@SERVERS
+def test_child_opens_its_own_session(vendor: str) -> None:
+    result = run("child_queries", vendor)
+    assert_child_reconnected(result)
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_control_child_shares_parent_session(vendor: str) -> None:
+    result = run("child_queries", vendor, "plain")
+    assert result["child_session"] == result["parent_session"]
+
+
+@SERVERS
+def test_fork_inside_atomic(vendor: str) -> None:
+    result = run("fork_in_atomic", vendor)
+    # A query in the inherited block raises Django's own error...
+    assert result["query_in_block"] == (
+        "ProgrammingError: Cannot open a new connection in an atomic block."
+    )
+    # ...leaving it sent neither COMMIT (nobody else sees the row) nor
+    # ROLLBACK (the parent still does)...
+    assert result["others_see_row_before_rollback"] is False
+    assert result["parent_sees_own_row"] is True
+    # ...after the block the child has a session of its own...
+    assert result["child_session_after_block"] != result["parent_session"]
+    # ...and the parent's rollback undid everything.
+    assert result["rows_after_parent_rollback"] == 0
+    assert result["parent_same_session"]
+
+
+@SERVERS
+def test_control_child_leaving_atomic_commits_parent_transaction(vendor: str) -> None:
+    result = run("fork_in_atomic", vendor, "plain")
+    assert result["others_see_row_before_rollback"] is True
+    assert result["rows_after_parent_rollback"] == 1
+
+
+@SERVERS
+def test_parent_and_children_query_concurrently(vendor: str) -> None:
+    result = run("concurrent", vendor)
+    processes = [result["parent"], *result["children"]]
+    assert [process["wrong_replies"] for process in processes] == [0] * len(processes)
+    sessions = [process["sessions"] for process in processes]
+    assert all(len(process_sessions) == 1 for process_sessions in sessions)
+    assert len({process_sessions[0] for process_sessions in sessions}) == len(processes)
+    assert result["parent"]["sessions"] == [result["parent_session"]]
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_no_leaked_sessions_after_50_children(vendor: str) -> None:
+    result = run("leak_cycles", vendor)
+    assert result["distinct_child_sessions"] == 50
+    assert result["sessions_after"] == result["sessions_before"] + 1
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_control_first_child_ends_parent_session(vendor: str) -> None:
+    assert_lost_session(run("leak_cycles", vendor, "plain"))
+
+
+@SERVERS
+def test_registry_does_not_leak_in_parent(vendor: str) -> None:
+    result = run("thread_dies_unclosed", vendor)
+    assert result["thread_session_opened"]
+    assert result["registry_after"] == 0
+    assert result["sessions_after"] == result["sessions_before"]
+
+
+LIBC_FORK_DETECTIONS = [
+    "libc_fork_close",
+    "libc_fork_close_all",
+    "libc_fork_close_old_connections",
+    "libc_fork_request_started",
+]
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", LIBC_FORK_DETECTIONS)
+def test_fork_without_at_fork_handlers_detected_by_pid(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    assert_child_reconnected(result)
+    assert_kept_session(result)
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", LIBC_FORK_DETECTIONS)
+def test_control_fork_without_at_fork_handlers(scenario: str, vendor: str) -> None:
+    assert_lost_session(run(scenario, vendor, "plain"))
+
+
+@SERVERS
+def test_strict_mode_checks_pid_on_checkout(vendor: str) -> None:
+    result = run("libc_fork_strict_query", vendor)
+    assert result["child_session"] != result["parent_session"]
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_control_strict_mode_query_shares_session(vendor: str) -> None:
+    result = run("libc_fork_strict_query", vendor, "plain")
+    assert result["child_session"] == result["parent_session"]
+
+
+def test_several_aliases_and_vendors() -> None:
+    result = run("several_aliases", "postgresql")
+    for alias, parent in result["parents"].items():
+        assert parent["parent_error"] is None, alias
+        assert parent["parent_same_session"] and parent["parent_session_on_server"], alias
+        assert result["child_sessions"][alias] != result["parent_sessions"][alias]
+    assert result["child_sqlite_reopened"]
+
+
+def test_control_several_aliases() -> None:
+    result = run("several_aliases", "postgresql", "plain")
+    assert all(parent["parent_error"] for parent in result["parents"].values())
+
+
+def test_sqlite_file_handle_never_used_or_closed_in_child() -> None:
+    result = run("sqlite_file", "sqlite3")
+    assert result["inherited_handle_used"] is False
+    assert result["inherited_handle_open"] is True
+    assert result["parent_rows"] == [1, 2]  # The child's own handle wrote row 2.
+    assert result["parent_same_raw"]
+
+
+def test_control_sqlite_file_handle_used_in_child() -> None:
+    result = run("sqlite_file", "sqlite3", "plain")
+    assert result["inherited_handle_used"] is True
+
+
+def test_sqlite_memory_database_is_a_private_copy_in_child() -> None:
+    result = run("sqlite_memory", "sqlite3")
+    assert result["child_sees"] == [1]
+    assert result["child_after_close"] == [1, 2]
+    assert result["parent_rows"] == [1]
+    assert result["parent_same_raw"]
