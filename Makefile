@@ -1,0 +1,30 @@
+# make demo: see the fork hazards and the fix on this machine.
+# make test: the test suite, on the oldest and the newest supported versions.
+
+PYTHON ?= python3
+VENV := .venv
+# pyenv installs (if any) that tox should find.
+export PYENV_VERSION ?= 3.11.7:3.12.1:3.13.0
+TEST_ENVS ?= py311-django52,py313-django61
+
+.PHONY: demo test tox benchmark clean
+
+$(VENV)/bin/tox:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet tox -e '.[test]'
+
+test: $(VENV)/bin/tox
+	$(VENV)/bin/tox run -e $(TEST_ENVS)
+
+tox: $(VENV)/bin/tox
+	$(VENV)/bin/tox run
+
+demo: $(VENV)/bin/tox
+	$(VENV)/bin/python testproject/demo.py
+
+benchmark: $(VENV)/bin/tox
+	$(VENV)/bin/python -m tests.benchmarks.overhead
+
+clean:
+	rm -rf $(VENV) .tox build dist *.egg-info testproject/db.sqlite3

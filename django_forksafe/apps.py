@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DjangoForksafeConfig(AppConfig):
+    name = "django_forksafe"
+    verbose_name = "django-forksafe"

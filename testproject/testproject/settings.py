@@ -1,0 +1,42 @@
+"""
+A small real project on the forksafe ENGINEs.
+
+FORKSAFE_DB: sqlite3 (default), mysql or postgresql; servers are configured
+by FORKSAFE_MYSQL_* / FORKSAFE_PG_* (HOST, PORT, USER, PASSWORD, NAME).
+FORKSAFE_ENGINE: forksafe (default) or plain, Django's own ENGINE.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "testproject-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+ROOT_URLCONF = "testproject.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+INSTALLED_APPS = ["django_forksafe", "shop"]
+MIDDLEWARE: list[str] = []
+
+_vendor = os.environ.get("FORKSAFE_DB", "sqlite3")
+_package = {
+    "forksafe": "django_forksafe.backends",
+    "plain": "django.db.backends",
+}[os.environ.get("FORKSAFE_ENGINE", "forksafe")]
+_prefix = {"mysql": "FORKSAFE_MYSQL_", "postgresql": "FORKSAFE_PG_"}.get(_vendor, "")
+_defaults = {
+    "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "root", "NAME": "test"},
+    "postgresql": {"HOST": "127.0.0.1", "PORT": "5432", "USER": "postgres", "NAME": "test"},
+}.get(_vendor, {"NAME": str(BASE_DIR / "db.sqlite3")})
+
+DATABASES = {
+    "default": {
+        "ENGINE": f"{_package}.{_vendor}",
+        "CONN_MAX_AGE": int(os.environ.get("FORKSAFE_CONN_MAX_AGE", "0")),
+        **{key: os.environ.get(_prefix + key, value) for key, value in _defaults.items()},
+        "PASSWORD": os.environ.get(_prefix + "PASSWORD", ""),
+    }
+}
