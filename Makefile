@@ -3,8 +3,12 @@
 
 PYTHON ?= python3
 VENV := .venv
-# pyenv installs (if any) that tox should find.
-export PYENV_VERSION ?= 3.11.7:3.12.1:3.13.0
+# Let tox find every installed CPython, pyenv's included (after PATH, so
+# that python3 stays the default one).
+PYENV_BINS := $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.*/bin)
+empty :=
+space := $(empty) $(empty)
+export PATH := $(PATH)$(if $(PYENV_BINS),:$(subst $(space),:,$(PYENV_BINS)))
 TEST_ENVS ?= py311-django52,py313-django61
 
 .PHONY: demo test tox benchmark clean
