@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django_forksafe.signals import post_fork
+
 if TYPE_CHECKING:
     from django_forksafe.wrapper import ForkSafeMixin
+
+logger = logging.getLogger("django_forksafe")
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,6 @@ _known_pid = os.getpid()
 
 def track(wrapper: ForkSafeMixin, raw: Any) -> None:
     """Record a raw connection that `wrapper` has just opened."""
-    pid = os.getpid()
-    if pid != _known_pid:
-        # Forked behind Python's back and not yet noticed: invalidate what was
-        # inherited before this process's own connections join the record.
-        invalidate_inherited()
     key = id(raw)
 
     def forget(_ref: weakref.ref[ForkSafeMixin]) -> None:
@@ -63,7 +63,7 @@ def track(wrapper: ForkSafeMixin, raw: Any) -> None:
         if entry is not None and entry.pid == os.getpid():
             del _open_connections[key]
 
-    _open_connections[key] = _OpenConnection(raw, pid, weakref.ref(wrapper, forget))
+    _open_connections[key] = _OpenConnection(raw, os.getpid(), weakref.ref(wrapper, forget))
 
 
 def untrack(raw: Any) -> None:
@@ -80,27 +80,31 @@ def invalidate_if_forked() -> Invalidation | None:
 
 def invalidate_inherited() -> Invalidation:
     """
-    Silence every recorded connection opened by another process, and reset
-    the DatabaseWrappers that held them so they reconnect lazily.
+    In a new process: silence every recorded connection opened by another
+    process, reset the DatabaseWrappers that held them so they reconnect
+    lazily, then send post_fork.
     """
     global _known_pid
     pid = os.getpid()
     parent_pid, _known_pid = _known_pid, pid
     inherited = [entry for entry in list(_open_connections.values()) if entry.pid != pid]
     aliases: list[str] = []
-    if not inherited:
-        return Invalidation(parent_pid, aliases)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        for entry in inherited:
-            del _open_connections[id(entry.raw)]
-            _silence(entry.raw, devnull)
-            wrapper = entry.wrapper_ref()
-            if wrapper is not None and wrapper.connection is entry.raw:
-                wrapper._forksafe_forget_connection()
-                aliases.append(wrapper.alias)
-    finally:
-        os.close(devnull)
+    if inherited:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for entry in inherited:
+                del _open_connections[id(entry.raw)]
+                _silence(entry.raw, devnull)
+                wrapper = entry.wrapper_ref()
+                if wrapper is not None and wrapper.connection is entry.raw:
+                    wrapper._forksafe_forget_connection()
+                    aliases.append(wrapper.alias)
+        finally:
+            os.close(devnull)
+    if parent_pid != pid:
+        for receiver, result in post_fork.send_robust(None, parent_pid=parent_pid, aliases=aliases):
+            if isinstance(result, Exception):
+                logger.error("post_fork receiver %r failed", receiver, exc_info=result)
     return Invalidation(parent_pid, aliases)
 
 

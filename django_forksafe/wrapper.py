@@ -24,6 +24,9 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     """
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        # Forked behind Python's back and not yet noticed: invalidate what was
+        # inherited before this process's own connections join the record.
+        registry.invalidate_if_forked()
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
             registry.track(self, connection)

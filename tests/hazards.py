@@ -488,6 +488,8 @@ def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
                 close_old_connections()
             elif trigger == "request_started":
                 request_started.send(sender=None)
+            elif trigger in ("middleware", "async_middleware"):
+                through_middleware(asynchronous=trigger == "async_middleware")
             elif trigger == "strict_query":
                 return {"child_session": session_id()}
             # After detection, the child connects on its own.
@@ -495,6 +497,59 @@ def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
 
         result = run_child(work, fork=libc_fork)
         return {**result, **parent.check(), "parent_session": parent.session_id}
+
+    return scenario
+
+
+def through_middleware(asynchronous: bool) -> None:
+    """One request through ForkSafeMiddleware, sync or async, without the
+    request_started signal (so that only the middleware can notice)."""
+    import asyncio
+
+    from django.http import HttpRequest, HttpResponse
+
+    from django_forksafe.middleware import ForkSafeMiddleware
+
+    if asynchronous:
+
+        async def get_response(request: HttpRequest) -> HttpResponse:
+            return HttpResponse()
+
+        asyncio.run(ForkSafeMiddleware(get_response)(HttpRequest()))  # type: ignore[arg-type]
+    else:
+        ForkSafeMiddleware(lambda request: HttpResponse())(HttpRequest())
+
+
+def post_fork_signal(fork: Callable[[], int]) -> Callable[[str, str], Result]:
+    """post_fork: once per child, after invalidation, before reconnecting."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        monitor = setup(vendor, engine)
+        parent = Parent(monitor=monitor)
+        from django.db import connection
+
+        from django_forksafe.signals import post_fork
+
+        calls: list[Result] = []
+
+        def receiver(sender: object, parent_pid: int, aliases: list[str], **kwargs: Any) -> None:
+            calls.append(
+                {"parent_pid": parent_pid, "aliases": aliases, "connection": connection.connection is None}
+            )
+
+        post_fork.connect(receiver)
+
+        def work() -> Result:
+            from django.db import connections
+
+            connections.close_all()  # Detection point for a fork without handlers.
+            own = session_id()
+            connections.close_all()
+            session_id()
+            return {"signals": calls, "child_session": own}
+
+        result = run_child(work, fork=fork)
+        return {**result, **parent.check(), "parent_pid": os.getpid(), "parent_signals": calls}
 
     return scenario
 
@@ -615,6 +670,8 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
     "several_aliases": several_aliases,
     "sqlite_file": sqlite_file,
     "sqlite_memory": sqlite_memory,
+    "post_fork_signal": post_fork_signal(os.fork),
+    "libc_fork_post_fork_signal": post_fork_signal(libc_fork),
     **{
         f"libc_fork_{trigger}": libc_fork_then(trigger)
         for trigger in (
@@ -622,6 +679,8 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
             "close_all",
             "close_old_connections",
             "request_started",
+            "middleware",
+            "async_middleware",
             "strict_query",
         )
     },

@@ -206,6 +206,34 @@ def test_control_fork_without_at_fork_handlers(scenario: str, vendor: str) -> No
 
 
 @SERVERS
+@pytest.mark.parametrize("scenario", ["libc_fork_middleware", "libc_fork_async_middleware"])
+def test_middleware_detects_fork_by_pid(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    assert_child_reconnected(result)
+    assert_kept_session(result)
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", ["libc_fork_middleware", "libc_fork_async_middleware"])
+def test_control_middleware_on_plain_engine(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor, "plain")
+    assert result["child_session"] == result["parent_session"]
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", ["post_fork_signal", "libc_fork_post_fork_signal"])
+def test_post_fork_signal_once_after_invalidation(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    # Exactly once in the child (although it closed and reconnected twice),
+    # with the parent's PID and the alias, while the connection was closed.
+    assert result["signals"] == [
+        {"parent_pid": result["parent_pid"], "aliases": ["default"], "connection": True}
+    ]
+    assert result["parent_signals"] == []
+    assert_kept_session(result)
+
+
+@SERVERS
 def test_strict_mode_checks_pid_on_checkout(vendor: str) -> None:
     result = run("libc_fork_strict_query", vendor)
     assert result["child_session"] != result["parent_session"]
