@@ -79,7 +79,8 @@ def test_transactions_and_savepoints(alias: str) -> None:
                 raise RuntimeError("roll back the savepoint")
         except RuntimeError:
             pass
-        sid = transaction.savepoint(using=alias)
+        savepoint = getattr(transaction, "savepoint_create", transaction.savepoint)  # Django 6.1 renamed it.
+        sid = savepoint(using=alias)
         Item.objects.using(alias).create(name="manual")
         transaction.savepoint_rollback(sid, using=alias)
     assert names(alias) == ["outer"]

@@ -1,3 +1,4 @@
+import json
 import os
 
 from django.db import connection
@@ -5,7 +6,27 @@ from django.http import HttpRequest, JsonResponse
 
 from shop.models import Product
 
+SESSION_SQL = {
+    "mysql": "SELECT CONNECTION_ID()",
+    "postgresql": "SELECT pg_backend_pid()",
+    "sqlite": "SELECT 0",
+}
+
+
+def session_id() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(SESSION_SQL[connection.vendor])
+        return int(cursor.fetchone()[0])
+
+
+def record_master_session() -> None:
+    """Query at import time; write the session to FORKSAFE_REPORT if set."""
+    report = {"pid": os.getpid(), "session": session_id(), "products": Product.objects.count()}
+    if path := os.environ.get("FORKSAFE_REPORT"):
+        with open(path, "w") as file:
+            json.dump(report, file)
+
 
 def product(request: HttpRequest, pk: int) -> JsonResponse:
     item = Product.objects.get(pk=pk)
-    return JsonResponse({"pk": item.pk, "name": item.name, "pid": os.getpid(), "vendor": connection.vendor})
+    return JsonResponse({"pk": item.pk, "name": item.name, "pid": os.getpid(), "session": session_id()})

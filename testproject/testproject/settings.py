@@ -19,7 +19,10 @@ USE_TZ = True
 ROOT_URLCONF = "testproject.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 INSTALLED_APPS = ["django_forksafe", "shop"]
-MIDDLEWARE: list[str] = []
+MIDDLEWARE = ["django_forksafe.middleware.ForkSafeMiddleware"]
+
+CELERY_BROKER_URL = os.environ.get("FORKSAFE_CELERY_BROKER", "redis://127.0.0.1:6379/15")
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 
 _vendor = os.environ.get("FORKSAFE_DB", "sqlite3")
 _package = {

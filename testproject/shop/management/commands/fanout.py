@@ -11,39 +11,13 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.models import Sum
 
 from shop.models import Product
-
-SESSION_SQL = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
-
-
-def session() -> str:
-    """The server session this process's connection is on."""
-    if connection.vendor == "sqlite":
-        connection.ensure_connection()
-        return f"handle {id(connection.connection):#x} in {os.getpid()}"
-    with connection.cursor() as cursor:
-        cursor.execute(SESSION_SQL[connection.vendor])
-        return f"session {cursor.fetchone()[0]}"
-
-
-def close_connection() -> None:
-    """The initializer users habitually write; harmless with the forksafe ENGINE."""
-    connection.close()
-
-
-def price_of(start: int, stop: int) -> dict[str, Any]:
-    inherited = connection.connection is not None and os.getpid() != PARENT_PID
-    total = Product.objects.filter(pk__gte=start, pk__lt=stop).aggregate(total=Sum("price"))["total"]
-    result = {"pid": os.getpid(), "total": total, "used_inherited": inherited, "session": session()}
-    close_old_connections()
-    return result
-
-
-PARENT_PID = os.getpid()
+from shop.pool import price_of, session, start_worker
 
 
 class Command(BaseCommand):
@@ -57,20 +31,15 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        global PARENT_PID
-        PARENT_PID = os.getpid()
-        if Product.objects.count() != options["products"]:
-            Product.objects.all().delete()
-            Product.objects.bulk_create(
-                Product(pk=i, name=f"product {i}", price=i) for i in range(1, options["products"] + 1)
-            )
+        call_command("seed", products=options["products"])
         before = session()
         chunk = 10
         bounds = [(start, start + chunk) for start in range(1, options["products"] + 1, chunk)]
         pool = ProcessPoolExecutor(
             max_workers=options["workers"],
             mp_context=multiprocessing.get_context(options["start_method"]),
-            initializer=close_connection if options["close_in_initializer"] else None,
+            initializer=start_worker,
+            initargs=(os.getpid(), options["start_method"] != "fork", options["close_in_initializer"]),
         )
         results, worker_errors = [], []
         with pool:

@@ -1,0 +1,52 @@
+"""
+Process-pool workers for the fanout command. Importable before Django is set
+up, as spawn and forkserver workers import it from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PARENT_PID = os.getpid()
+
+
+def start_worker(parent_pid: int, needs_setup: bool, close_connection: bool) -> None:
+    global PARENT_PID
+    PARENT_PID = parent_pid
+    if needs_setup:  # spawn and forkserver start from a fresh interpreter.
+        import django
+
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+        django.setup()
+    if close_connection:
+        # The initializer users habitually write; harmless with forksafe.
+        from django.db import connection
+
+        connection.close()
+
+
+def session() -> str:
+    """The server session this process's connection is on."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        return f"handle {id(connection.connection):#x} in {os.getpid()}"
+    sql = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}[connection.vendor]
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return f"session {cursor.fetchone()[0]}"
+
+
+def price_of(start: int, stop: int) -> dict[str, Any]:
+    from django.db import close_old_connections, connection
+    from django.db.models import Sum
+
+    from shop.models import Product
+
+    inherited = connection.connection is not None and os.getpid() != PARENT_PID
+    total = Product.objects.filter(pk__gte=start, pk__lt=stop).aggregate(total=Sum("price"))["total"]
+    result = {"pid": os.getpid(), "total": total, "used_inherited": inherited, "session": session()}
+    close_old_connections()
+    return result
