@@ -32,7 +32,7 @@ class ForkSafeMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         registry.invalidate_if_forked()
-        return self.get_response(request)  # type: ignore[return-value]
+        return self.get_response(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         registry.invalidate_if_forked()

@@ -52,7 +52,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         if connection is None:  # It was inherited and is now forgotten.
             return
         try:
-            super()._close()
+            super()._close()  # type: ignore[misc]  # Not in django-stubs.
         finally:
             registry.untrack(connection)
 

@@ -191,6 +191,7 @@ def test_gunicorn_preload(vendor: str, worker_class: str, tmp_path: Path) -> Non
         assert_master_kept_session(vendor, report)
     assert_all_right(responses)
     assert len({r["pid"] for r in responses}) > 3  # Workers were recycled.
+    assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()
 
 
 @SERVERS
@@ -225,6 +226,7 @@ def test_uwsgi(vendor: str, tmp_path: Path) -> None:
         assert_master_kept_session(vendor, report)
     assert_all_right(responses)
     assert len({r["pid"] for r in responses}) > 3  # Workers were recycled.
+    assert "Traceback" not in (tmp_path / "uwsgi.log").read_text()
 
 
 @SERVERS
@@ -262,6 +264,7 @@ def test_celery_prefork_worker(vendor: str, tmp_path: Path) -> None:
     client.close()
     assert_all_right(outcomes)
     assert len({outcome["pid"] for outcome in outcomes}) > 3  # Children were replaced.
+    assert "Traceback" not in (tmp_path / "celery.log").read_text()
     main = json.loads(report.read_text())
     assert "error_at_shutdown" not in main, main
     assert main["session_at_shutdown"] == main["session"]
