@@ -94,7 +94,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(command: list[str], env: dict[str, str], port: int | None, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    command: list[str], env: dict[str, str], port: int | None, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a program, wait (bounded) until it listens on `port`, and stop it."""
     with open(log, "wb") as output:
         process = subprocess.Popen(
@@ -118,13 +120,19 @@ def running(command: list[str], env: dict[str, str], port: int | None, log: Path
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signal the main process (it stops its own workers), bounded in time;
+    then kill whatever is left of its process group."""
     if process.poll() is None:
-        os.killpg(process.pid, sig)
+        process.send_signal(sig)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
 
 
 def hammer(port: int, requests: int = 400, clients: int = 8) -> list[dict[str, Any]]:
@@ -210,7 +218,7 @@ def uwsgi_command(port: int) -> list[str]:
     # uWSGI does not run Python's at-fork handlers in the workers.
     return [
         "uwsgi", "--http-socket", f"127.0.0.1:{port}", "--master", "--processes", "3",
-        "--module", "testproject.wsgi:application", "--max-requests", "40", "--min-worker-lifetime", "0",
+        "--module", "testproject.wsgi:application", "--max-requests", "100", "--min-worker-lifetime", "0",
         "--die-on-term", "--need-app", "--disable-logging", "--enable-threads",
     ]
 
