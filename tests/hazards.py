@@ -121,22 +121,23 @@ class Monitor:
             sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s"
         return bool(self.query(sql, (session_id,))[0][0])
 
-    def sessions(self) -> int:
+    def sessions(self) -> set[int]:
         """Sessions on our test database, this monitor's own included."""
         if self.vendor == "mysql":
-            sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s"
+            sql = "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s"
         else:
-            sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s"
-        return int(self.query(sql, (dbconfig.server(self.vendor)["NAME"],))[0][0])
+            sql = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+        return {int(row[0]) for row in self.query(sql, (dbconfig.server(self.vendor)["NAME"],))}
 
-    def wait_for_sessions(self, expected: int, seconds: float = 20.0) -> int:
-        """Sessions end asynchronously after a client exits: poll, bounded."""
+    def new_sessions(self, before: set[int], seconds: float = 20.0) -> set[int]:
+        """Sessions opened since `before` that are still there. Sessions end
+        asynchronously after a client exits: poll, bounded, until they go."""
         import time
 
         deadline = time.monotonic() + seconds
-        while (count := self.sessions()) != expected and time.monotonic() < deadline:
+        while (new := self.sessions() - before) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return count
+        return new
 
 
 def session_id(alias: str = "default") -> int:
@@ -437,10 +438,9 @@ def leak_cycles(vendor: str, engine: str) -> Result:
         return {"child_session": session}
 
     sessions = {run_child(work).get("child_session") for _ in range(50)}
-    after = monitor.wait_for_sessions(before + 1)
     return {
-        "sessions_before": before,
-        "sessions_after": after,
+        "new_sessions": sorted(monitor.new_sessions(before | {parent.session_id})),
+        "parent_session": parent.session_id,
         "distinct_child_sessions": len(sessions - {None}),
         **parent.check(),
     }
@@ -464,8 +464,7 @@ def thread_dies_unclosed(vendor: str, engine: str) -> Result:
     return {
         "thread_session_opened": opened,
         "registry_after": len(registry._open_connections),
-        "sessions_before": before,
-        "sessions_after": monitor.wait_for_sessions(before),
+        "new_sessions": sorted(monitor.new_sessions(before)),
     }
 
 

@@ -100,13 +100,8 @@ def run_suite(
         for alias in ("default", "other")
     }
     settings = directory / f"suite_{engine}.py"
-    settings.write_text(
-        f"DATABASES = {databases!r}\n"
-        "SECRET_KEY = 'django_tests_secret_key'\n"
-        "PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher']\n"
-        "DEFAULT_AUTO_FIELD = 'django.db.models.AutoField'\n"
-        "USE_TZ = False\n"
-    )
+    # Everything else as in the suite's own example settings of this version.
+    settings.write_text(f"from test_sqlite import *  # noqa: F403\nDATABASES = {databases!r}\n")
     return subprocess.run(
         [
             sys.executable,

@@ -166,7 +166,7 @@ def test_parent_and_children_query_concurrently(vendor: str) -> None:
 def test_no_leaked_sessions_after_50_children(vendor: str) -> None:
     result = run("leak_cycles", vendor)
     assert result["distinct_child_sessions"] == 50
-    assert result["sessions_after"] == result["sessions_before"] + 1
+    assert result["new_sessions"] == []  # Besides the parent's own.
     assert_kept_session(result)
 
 
@@ -180,7 +180,7 @@ def test_registry_does_not_leak_in_parent(vendor: str) -> None:
     result = run("thread_dies_unclosed", vendor)
     assert result["thread_session_opened"]
     assert result["registry_after"] == 0
-    assert result["sessions_after"] == result["sessions_before"]
+    assert result["new_sessions"] == []
 
 
 LIBC_FORK_DETECTIONS = [
