@@ -40,11 +40,22 @@ class _OpenConnection:
     wrapper_ref: weakref.ref[ForkSafeMixin]
 
 
+@dataclass(frozen=True)
+class _OpenPool:
+    pools: dict[str, Any]  # Where Django keeps it: DatabaseWrapper._connection_pools.
+    alias: str
+    pool_ref: weakref.ref[Any]
+    pid: int
+
+
 # Strong references on purpose. In a child, CPython clears the other threads'
 # state (and with it their thread-local DatabaseWrappers) before at-fork
 # handlers run; holding the raw connections here keeps a driver's deallocator
 # (mysqlclient sends COM_QUIT) from running before the socket is redirected.
 _open_connections: dict[int, _OpenConnection] = {}
+
+# Connection pools (Django >= 5.1, PostgreSQL), weakly: Django holds them.
+_open_pools: dict[int, _OpenPool] = {}
 
 # The process that last invalidated inherited connections (or imported us).
 # Comparing it with os.getpid() detects forks that skipped at-fork handlers.
@@ -64,6 +75,14 @@ def track(wrapper: ForkSafeMixin, raw: Any) -> None:
             del _open_connections[key]
 
     _open_connections[key] = _OpenConnection(raw, os.getpid(), weakref.ref(wrapper, forget))
+
+
+def track_pool(pools: dict[str, Any], alias: str, pool: Any) -> None:
+    """Record a connection pool that `pools[alias]` holds."""
+    key = id(pool)
+    if key not in _open_pools:
+        ref = weakref.ref(pool, lambda _ref: _open_pools.pop(key, None))
+        _open_pools[key] = _OpenPool(pools, alias, ref, os.getpid())
 
 
 def untrack(raw: Any) -> None:
@@ -88,8 +107,9 @@ def invalidate_inherited() -> Invalidation:
     pid = os.getpid()
     parent_pid, _known_pid = _known_pid, pid
     inherited = [entry for entry in list(_open_connections.values()) if entry.pid != pid]
+    inherited_pools = [(key, entry) for key, entry in list(_open_pools.items()) if entry.pid != pid]
     aliases: list[str] = []
-    if inherited:
+    if inherited or inherited_pools:
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             for entry in inherited:
@@ -99,6 +119,9 @@ def invalidate_inherited() -> Invalidation:
                 if wrapper is not None and wrapper.connection is entry.raw:
                     wrapper._forksafe_forget_connection()
                     aliases.append(wrapper.alias)
+            for key, pool_entry in inherited_pools:
+                del _open_pools[key]
+                _forget_pool(pool_entry, devnull)
         finally:
             os.close(devnull)
     if parent_pid != pid:
@@ -106,6 +129,25 @@ def invalidate_inherited() -> Invalidation:
             if isinstance(result, Exception):
                 logger.error("post_fork receiver %r failed", receiver, exc_info=result)
     return Invalidation(parent_pid, aliases)
+
+
+def _forget_pool(entry: _OpenPool, devnull: int) -> None:
+    # The pool's threads did not survive the fork and its idle connections
+    # are the parent's sessions: never close() it or let its __del__ run.
+    # Without it in Django's dict, the child lazily makes a pool of its own.
+    pool = entry.pool_ref()
+    if pool is None:
+        return
+    if entry.pools.get(entry.alias) is pool:
+        del entry.pools[entry.alias]
+    for idle in list(getattr(pool, "_pool", ())):  # psycopg_pool's idle connections.
+        _silence(idle, devnull)
+    _keep_forever(pool)
+
+
+def _keep_forever(obj: Any) -> None:
+    """Never free `obj`, so that no deallocator of it runs in this process."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 
 def _silence(raw: Any, devnull: int) -> None:
@@ -117,7 +159,7 @@ def _silence(raw: Any, devnull: int) -> None:
         # Nothing to redirect: the driver must never touch this handle again,
         # not even from its deallocator at interpreter exit. SQLite's rule
         # for handles opened before fork() is exactly that.
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(raw))
+        _keep_forever(raw)
         return
     # Redirect rather than os.close(): the descriptor number stays taken until
     # the driver's own close(), whose goodbye (COM_QUIT, Terminate, TLS

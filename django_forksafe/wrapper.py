@@ -30,6 +30,10 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
             registry.track(self, connection)
+        pool = getattr(self, "pool", None)  # Django's PostgreSQL connection pool.
+        if pool is not None:
+            pools = self._connection_pools  # type: ignore[attr-defined]  # Where Django keeps it.
+            registry.track_pool(pools, self.alias, pool)
         return connection
 
     def connect(self) -> None:

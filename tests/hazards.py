@@ -553,6 +553,46 @@ def post_fork_signal(fork: Callable[[], int]) -> Callable[[str, str], Result]:
     return scenario
 
 
+def pool(vendor: str, engine: str) -> Result:
+    """Django's PostgreSQL connection pool (OPTIONS["pool"]): the parent holds
+    a live pool; children use and close connections, repeatedly."""
+    pool_options = {"min_size": 3, "max_size": 4, "timeout": 5}
+    databases = {"default": dbconfig.database("postgresql", engine, OPTIONS={"pool": pool_options})}
+    monitor = setup("postgresql", engine, DATABASES=databases)
+    assert monitor is not None
+    from django.db import connection, connections
+
+    before = monitor.sessions()
+    parent = Parent(monitor=monitor)
+    connection.pool.wait(timeout=10)
+    parent_pool_sessions = monitor.sessions() - before
+
+    def work() -> Result:
+        sessions = []
+        for _ in range(3):
+            sessions.append(session_id())
+            connection.close()  # Back to the child's own pool.
+        connections.close_all()
+        sessions.append(session_id())
+        return {"sessions": sessions}
+
+    children = [run_child(work) for _ in range(5)]
+    result = {**parent.check(), "children": children}
+    result["parent_pool_alive"] = parent_pool_sessions <= monitor.sessions()
+    parent_sessions, errors = set(), []
+    for _ in range(8):  # Cycle through the parent's pooled connections.
+        connection.close()
+        try:
+            parent_sessions.add(session_id())
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    result["parent_errors"] = errors
+    result["parent_reused_pool"] = parent_sessions <= parent_pool_sessions
+    result["parent_pool_sessions"] = sorted(parent_pool_sessions)
+    connection.close_pool()
+    return result
+
+
 def several_aliases(vendor: str, engine: str) -> Result:
     """MySQL, PostgreSQL and SQLite at once; the child closes them all and
     then uses each with sessions of its own."""
@@ -669,6 +709,7 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
     "several_aliases": several_aliases,
     "sqlite_file": sqlite_file,
     "sqlite_memory": sqlite_memory,
+    "pool": pool,
     "post_fork_signal": post_fork_signal(os.fork),
     "libc_fork_post_fork_signal": post_fork_signal(libc_fork),
     **{

@@ -279,3 +279,21 @@ def test_sqlite_memory_database_is_a_private_copy_in_child() -> None:
     assert result["child_after_close"] == [1, 2]
     assert result["parent_rows"] == [1]
     assert result["parent_same_raw"]
+
+
+def test_connection_pool() -> None:
+    result = run("pool", "postgresql")
+    assert_kept_session(result)
+    parent_pool = set(result["parent_pool_sessions"])
+    for child in result["children"]:
+        assert not parent_pool & set(child["sessions"])  # Sessions of its own...
+        assert len(set(child["sessions"])) > 1  # ...from a pool of its own.
+    assert result["parent_pool_alive"]
+    assert result["parent_errors"] == []  # Every pooled connection still works.
+    assert result["parent_reused_pool"]
+
+
+def test_control_connection_pool_children_use_parent_sessions() -> None:
+    result = run("pool", "postgresql", "plain")
+    parent_pool = set(result["parent_pool_sessions"])
+    assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
