@@ -49,10 +49,18 @@ def unreachable_reason(vendor: str) -> str | None:
         )
 
 
+ENGINES = {
+    "forksafe": "django_forksafe.backends.{vendor}",
+    "plain": "django.db.backends.{vendor}",
+    # A third-party PostgreSQL backend, as is and made fork-safe by forksafe().
+    "thirdparty": "tests.thirdparty_backend",
+    "thirdparty-forksafe": "tests.thirdparty_backend.forksafe",
+}
+
+
 def database(vendor: str, engine: str = "forksafe", **extra: Any) -> dict[str, Any]:
-    """A DATABASES entry for the vendor, on our ENGINE or Django's ("plain")."""
-    package = "django_forksafe.backends" if engine == "forksafe" else "django.db.backends"
-    entry: dict[str, Any] = {"ENGINE": f"{package}.{vendor}"}
+    """A DATABASES entry for the vendor, on one of ENGINES."""
+    entry: dict[str, Any] = {"ENGINE": ENGINES[engine].format(vendor=vendor)}
     if vendor != "sqlite3":
         entry.update(server(vendor))
     entry.update(extra)

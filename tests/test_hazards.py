@@ -297,3 +297,18 @@ def test_control_connection_pool_children_use_parent_sessions() -> None:
     result = run("pool", "postgresql", "plain")
     parent_pool = set(result["parent_pool_sessions"])
     assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
+
+
+@pytest.mark.parametrize("scenario", ["child_closes", "child_queries", "fork_in_atomic"])
+def test_third_party_backend_made_forksafe(scenario: str) -> None:
+    result = run(scenario, "postgresql", "thirdparty-forksafe")
+    if scenario == "fork_in_atomic":
+        assert result["rows_after_parent_rollback"] == 0
+    else:
+        assert_kept_session(result)
+    if scenario == "child_queries":
+        assert_child_reconnected(result)
+
+
+def test_control_third_party_backend() -> None:
+    assert_lost_session(run("child_closes", "postgresql", "thirdparty"))

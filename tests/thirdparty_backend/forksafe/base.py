@@ -1,0 +1,5 @@
+from tests.thirdparty_backend import base
+
+from django_forksafe import forksafe
+
+DatabaseWrapper = forksafe(base.DatabaseWrapper)
