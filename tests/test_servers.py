@@ -232,9 +232,25 @@ def test_uwsgi(vendor: str, tmp_path: Path) -> None:
     with running(uwsgi_command(port), env, port, tmp_path / "uwsgi.log"):
         responses = hammer(port)
         assert_master_kept_session(vendor, report)
+        check_ids = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/checks/").read())["ids"]
+    assert "django_forksafe.W002" not in check_ids
     assert_all_right(responses)
     assert len({r["pid"] for r in responses}) > 3  # Workers were recycled.
     assert "Traceback" not in (tmp_path / "uwsgi.log").read_text()
+
+
+def test_uwsgi_without_hook_warns_and_still_detects_by_pid(tmp_path: Path) -> None:
+    """Without the post-fork hook, a system check warns, and inherited
+    connections are still invalidated at each worker's first request."""
+    require("postgresql", "uwsgi")
+    prepare("postgresql")
+    port = free_port()
+    env = project_env("postgresql", "forksafe", FORKSAFE_CONN_MAX_AGE="600", FORKSAFE_UWSGI_HOOK="0")
+    with running(uwsgi_command(port), env, port, tmp_path / "uwsgi.log"):
+        responses = hammer(port)
+        check_ids = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/checks/").read())["ids"]
+    assert "django_forksafe.W002" in check_ids
+    assert_all_right(responses)
 
 
 @SERVERS

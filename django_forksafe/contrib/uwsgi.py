@@ -27,7 +27,7 @@ def install() -> None:
     if uwsgi is None:
         return
     previous: Callable[[], None] | None = getattr(uwsgi, "post_fork_hook", None)
-    if previous is post_fork or getattr(previous, "_forksafe", False):
+    if getattr(previous, "forksafe", False):
         return
 
     def hook() -> None:
@@ -35,7 +35,7 @@ def install() -> None:
         if previous is not None:
             previous()
 
-    hook._forksafe = True  # type: ignore[attr-defined]
+    hook.forksafe = True  # type: ignore[attr-defined]  # For the system check.
     uwsgi.post_fork_hook = hook
 
 

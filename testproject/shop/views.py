@@ -27,6 +27,13 @@ def record_master_session() -> None:
             json.dump(report, file)
 
 
+def checks(request: HttpRequest) -> JsonResponse:
+    """The system checks' IDs, as seen inside the running server."""
+    from django.core.checks import run_checks
+
+    return JsonResponse({"ids": sorted(message.id for message in run_checks() if message.id)})
+
+
 def product(request: HttpRequest, pk: int) -> JsonResponse:
     item = Product.objects.get(pk=pk)
     return JsonResponse({"pk": item.pk, "name": item.name, "pid": os.getpid(), "session": session_id()})

@@ -30,11 +30,14 @@ def open_main_connection(**kwargs):
 def check_main_connection(**kwargs):
     from shop.views import session_id
 
+    from django.db import connection
+
     report = dict(_main)
     try:
         report["session_at_shutdown"] = session_id()
     except Exception as exc:
         report["error_at_shutdown"] = f"{type(exc).__name__}: {exc}"
+    connection.close()
     if path := os.environ.get("FORKSAFE_REPORT"):
         with open(path, "w") as file:
             json.dump(report, file)

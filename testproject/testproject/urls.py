@@ -2,4 +2,7 @@ from django.urls import path
 
 from shop import views
 
-urlpatterns = [path("product/<int:pk>/", views.product)]
+urlpatterns = [
+    path("product/<int:pk>/", views.product),
+    path("checks/", views.checks),
+]

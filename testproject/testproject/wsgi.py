@@ -8,7 +8,8 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-import django_forksafe.contrib.uwsgi  # noqa: F401 - uWSGI's post-fork hook; no-op elsewhere.
+if os.environ.get("FORKSAFE_UWSGI_HOOK", "1") == "1":
+    import django_forksafe.contrib.uwsgi  # noqa: F401 - uWSGI's post-fork hook; no-op elsewhere.
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 application = get_wsgi_application()
