@@ -1,4 +1,4 @@
-# make demo: see the fork hazards and the fix on this machine.
+# make demo: forksafe_check on testproject/, plain ENGINE vs forksafe ENGINE.
 # make test: the test suite, on the oldest and the newest supported versions.
 
 PYTHON ?= python3
@@ -13,10 +13,21 @@ TEST_ENVS ?= py311-django52,py313-django61,mypy
 
 .PHONY: demo test tox benchmark clean
 
-$(VENV)/bin/tox:
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet tox -e '.[test]'
+
+$(VENV)/.demo: $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet -e . 'psycopg[binary]'
+	@# mysqlclient compiles against libmariadb-dev: MariaDB is shown only if it builds.
+	$(VENV)/bin/pip install --quiet mysqlclient || echo "mysqlclient did not build: skipping MariaDB"
+	touch $@
+
+$(VENV)/bin/tox: $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet tox
+
+demo: $(VENV)/.demo
+	$(VENV)/bin/python testproject/demo.py
 
 test: $(VENV)/bin/tox
 	$(VENV)/bin/tox run -e $(TEST_ENVS)
@@ -24,10 +35,7 @@ test: $(VENV)/bin/tox
 tox: $(VENV)/bin/tox
 	$(VENV)/bin/tox run
 
-demo: $(VENV)/bin/tox
-	$(VENV)/bin/python testproject/demo.py
-
-benchmark: $(VENV)/bin/tox
+benchmark: $(VENV)/.demo
 	$(VENV)/bin/python -m tests.benchmarks.overhead
 
 clean:

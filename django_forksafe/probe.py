@@ -64,6 +64,9 @@ class Parent:
             return False, "parent was reconnected to a new session"
         return True, "parent kept its session"
 
+    def before_fork(self) -> None:
+        self.statements.clear()  # The child's copy then records only its own use.
+
     def child_touched_inherited(self) -> bool:
         """In the child: did it use or close the handle it inherited?"""
         if self.sqlite_raw is None:
@@ -123,6 +126,7 @@ def child_closes(alias: str) -> Report:
         connections[alias].close()
         return {"touched_inherited": parent.child_touched_inherited()}
 
+    parent.before_fork()
     return verdict(parent, [child_report(*fork_child(work))])
 
 
@@ -156,6 +160,7 @@ def concurrent_use(alias: str) -> Report:
         report["shared_session"] = parent.session_id() == parent.session
         return report
 
+    parent.before_fork()
     children = [fork_child(child_work, go=go_read) for _ in range(3)]
     os.write(go_write, b"go!")
     mine = queries()
@@ -174,6 +179,7 @@ def fork_in_atomic(alias: str) -> Report:
         with parent.connection.cursor() as cursor:
             cursor.execute("INSERT INTO forksafe_probe VALUES (7)")
         read_end, write_end = os.pipe()
+        parent.before_fork()
         pid = os.fork()
         if pid:
             os.close(write_end)

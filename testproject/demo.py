@@ -1,77 +1,83 @@
 """
-make demo: fork process-pool workers through the ORM, first on Django's plain
-ENGINE, then on the forksafe ENGINE, and show what happened to the parent's
-database session. SQLite always; MariaDB and PostgreSQL when they answer.
+make demo: run manage.py forksafe_check on testproject/ with Django's plain
+ENGINE and with the forksafe ENGINE, side by side: on SQLite always, on
+MariaDB and PostgreSQL when they answer (and their drivers are installed).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SERVERS = {
-    "mysql": ("FORKSAFE_MYSQL_", "127.0.0.1", "3306"),
-    "postgresql": ("FORKSAFE_PG_", "127.0.0.1", "5432"),
+DATABASES = {
+    "sqlite3": (None, None, None),
+    "mysql": ("MySQLdb", "FORKSAFE_MYSQL_", 3306),
+    "postgresql": ("psycopg", "FORKSAFE_PG_", 5432),
 }
 
 
-def reachable(vendor: str) -> bool:
-    if vendor == "sqlite3":
-        return True
-    prefix, host, port = SERVERS[vendor]
+def unavailable(vendor: str) -> str | None:
+    driver, prefix, port = DATABASES[vendor]
+    if driver is None:
+        return None
+    if importlib.util.find_spec(driver) is None:
+        return f"driver {driver} not installed"
+    host = os.environ.get(f"{prefix}HOST", "127.0.0.1")
+    port = int(os.environ.get(f"{prefix}PORT", port))
     try:
-        address = (os.environ.get(prefix + "HOST", host), int(os.environ.get(prefix + "PORT", port)))
-        with socket.create_connection(address, timeout=2):
-            return True
+        socket.create_connection((host, port), timeout=2).close()
     except OSError:
-        return False
+        return f"no server at {host}:{port}"
+    return None
 
 
 def manage(vendor: str, engine: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FORKSAFE_DB": vendor, "FORKSAFE_ENGINE": engine,
-           "PYTHONPATH": f"{HERE.parent}{os.pathsep}{HERE}"}
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
     return subprocess.run([sys.executable, str(HERE / "manage.py"), *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+                          text=True, env=env, timeout=600, check=False)
 
 
-def verdict(report: dict[str, object]) -> str:
-    if report["parent_error"]:
-        return f"parent LOST its session: {str(report['parent_error']).splitlines()[0]}"
-    problems = []
-    if report["parent_session_before"] != report["parent_session_after"]:
-        problems.append("parent was reconnected")
-    if report["workers_used_inherited_connection"]:
-        problems.append(f"{report['workers_used_inherited_connection']} tasks used the parent's connection")
-    if report["worker_errors"]:
-        problems.append(f"workers failed: {report['worker_errors'][0]}")
-    if report["total"] != report["expected_total"]:
-        problems.append("wrong total")
-    return "; ".join(problems) or "parent kept its session, every worker its own, total right"
+def check(vendor: str, engine: str) -> dict[str, Any]:
+    migrate = manage(vendor, engine, "migrate", "--verbosity", "0")
+    if migrate.returncode:
+        return {"error": migrate.stderr.strip().splitlines()[-1]}
+    process = manage(vendor, engine, "forksafe_check", "--format", "json", "--timeout", "10")
+    try:
+        (result,) = json.loads(process.stdout)
+    except ValueError:
+        return {"error": (process.stderr.strip().splitlines() or ["no output"])[-1]}
+    return result  # type: ignore[no-any-return]
+
+
+def cell(hazard: dict[str, Any]) -> str:
+    return "safe" if hazard["safe"] else f"OPEN: {hazard['detail']}"
 
 
 def main() -> None:
-    print("Process-pool workers forked through the ORM: plain ENGINE vs forksafe ENGINE.")
-    for vendor in ("sqlite3", "mysql", "postgresql"):
-        if not reachable(vendor):
-            print(f"\n{vendor}: server not reachable, skipped")
+    print("Forking real children on each database: does the parent keep its session?")
+    for vendor in DATABASES:
+        reason = unavailable(vendor)
+        if reason:
+            print(f"\n{vendor}: skipped ({reason})")
             continue
-        print(f"\n{vendor}:")
-        for engine in ("plain", "forksafe"):
-            migrate = manage(vendor, engine, "migrate", "--verbosity", "0")
-            if migrate.returncode:
-                print(f"  {engine:<9} migrate failed: {migrate.stderr.strip().splitlines()[-1]}")
-                continue
-            run = manage(vendor, engine, "fanout", "--json", "--workers", "4")
-            if run.returncode:
-                print(f"  {engine:<9} crashed: {run.stderr.strip().splitlines()[-1]}")
-                continue
-            report = json.loads(run.stdout)
-            print(f"  {report['engine']:<36} {verdict(report)}")
+        print(f"\n{vendor}:", flush=True)
+        plain, forksafe = check(vendor, "plain"), check(vendor, "forksafe")
+        for result in (plain, forksafe):
+            if "error" in result or not result.get("reachable", False):
+                print(f"  failed: {result.get('error')}")
+                break
+        else:
+            print(f"  {'hazard':<27} {'django.db.backends':<58} django_forksafe.backends")
+            for mine, theirs in zip(plain["hazards"], forksafe["hazards"]):
+                print(f"  {mine['hazard']:<27} {cell(mine)[:56]:<58} {cell(theirs)}")
 
 
 if __name__ == "__main__":

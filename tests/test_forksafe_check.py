@@ -1,0 +1,100 @@
+"""manage.py forksafe_check and the system checks, on testproject/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_forksafe.checks import check_settings
+from tests import dbconfig
+from tests.test_servers import PROJECT, free_port, prepare, project_env, require
+
+# What Django's plain ENGINE leaves open for certain, per vendor.
+DETERMINISTIC = {
+    "mysql": {"child closes", "child exits", "fork inside atomic", "other thread's connection"},
+    "postgresql": {"child closes", "fork inside atomic"},
+    "sqlite3": {"child closes", "concurrent use", "fork inside atomic"},
+}
+
+
+def manage(vendor: str, engine: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(PROJECT / "manage.py"), *args],
+        env=project_env(vendor, engine, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def check_json(vendor: str, engine: str) -> tuple[int, dict[str, Any]]:
+    require(vendor)
+    prepare(vendor)
+    process = manage(vendor, engine, "forksafe_check", "--format", "json", "--timeout", "10")
+    (result,) = json.loads(process.stdout)
+    return process.returncode, result
+
+
+@pytest.mark.parametrize("vendor", dbconfig.VENDORS)
+def test_forksafe_engine_closes_every_hazard(vendor: str) -> None:
+    status, result = check_json(vendor, "forksafe")
+    assert status == 0
+    assert result["forksafe"] and result["reachable"]
+    assert [hazard["safe"] for hazard in result["hazards"]] == [True] * 5, result
+
+
+@pytest.mark.parametrize("vendor", dbconfig.VENDORS)
+def test_plain_engine_hazards_reported_open(vendor: str) -> None:
+    status, result = check_json(vendor, "plain")
+    assert status == 1
+    assert not result["forksafe"]
+    open_hazards = {hazard["hazard"] for hazard in result["hazards"] if not hazard["safe"]}
+    assert DETERMINISTIC[vendor] <= open_hazards, result
+
+
+def test_table_output_suggests_engine() -> None:
+    require("sqlite3")
+    prepare("sqlite3")
+    process = manage("sqlite3", "plain", "forksafe_check", "--timeout", "10")
+    assert process.returncode == 1
+    assert "child closes" in process.stdout and "OPEN" in process.stdout
+    assert "-> use ENGINE = 'django_forksafe.backends.sqlite3'" in process.stdout
+
+
+def test_unreachable_database_reported_not_raised() -> None:
+    process = manage(
+        "postgresql", "forksafe", "forksafe_check", "--format", "json", FORKSAFE_PG_PORT=str(free_port())
+    )
+    assert process.returncode == 2
+    (result,) = json.loads(process.stdout)
+    assert result["reachable"] is False
+    assert "Connection refused" in result["error"] or "connection" in result["error"].lower()
+    assert "Traceback" not in process.stderr
+
+
+def test_unknown_alias() -> None:
+    process = manage("sqlite3", "forksafe", "forksafe_check", "--database", "nosuch")
+    assert process.returncode == 1
+    assert "Unknown database alias 'nosuch'. Configured: default." in process.stderr
+
+
+def test_system_check_warns_about_plain_engine() -> None:
+    plain = manage("sqlite3", "plain", "check")
+    assert "(django_forksafe.W001) Database 'default' uses ENGINE 'django.db.backends.sqlite3'" in plain.stderr
+    assert "HINT: Use ENGINE = 'django_forksafe.backends.sqlite3'." in plain.stderr
+    forksafe = manage("sqlite3", "forksafe", "check")
+    assert forksafe.returncode == 0
+    assert "django_forksafe" not in forksafe.stderr + forksafe.stdout
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_system_check_rejects_non_bool_strict(value: object) -> None:
+    with override_settings(FORKSAFE_STRICT=value):
+        (error,) = check_settings()
+    assert error.id == "django_forksafe.E001"
+    assert "FORKSAFE_STRICT must be True or False" in error.msg
