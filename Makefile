@@ -36,7 +36,9 @@ tox: $(VENV)/bin/tox
 	$(VENV)/bin/tox run
 
 benchmark: $(VENV)/.demo
+	$(VENV)/bin/pip install --quiet gunicorn
 	$(VENV)/bin/python -m tests.benchmarks.overhead
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m tests.benchmarks.gunicorn_throughput
 
 clean:
 	rm -rf $(VENV) .tox build dist *.egg-info testproject/db.sqlite3
