@@ -95,16 +95,19 @@ class Monitor:
                 autocommit=True,
             )
         else:
-            import psycopg
+            try:
+                import psycopg as driver
+            except ImportError:  # Django falls back to psycopg2 as well.
+                import psycopg2 as driver  # type: ignore[no-redef]
 
-            self.conn = psycopg.connect(
+            self.conn = driver.connect(
                 host=config["HOST"],
                 port=config["PORT"],
                 user=config["USER"],
                 password=config["PASSWORD"] or None,
                 dbname=config["NAME"],
-                autocommit=True,
             )
+            self.conn.autocommit = True
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         cursor = self.conn.cursor()

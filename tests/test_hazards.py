@@ -281,7 +281,15 @@ def test_sqlite_memory_database_is_a_private_copy_in_child() -> None:
     assert result["parent_same_raw"]
 
 
+def needs_psycopg3() -> None:
+    try:
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        pytest.skip("Django's connection pool needs psycopg 3 and psycopg_pool")
+
+
 def test_connection_pool() -> None:
+    needs_psycopg3()
     result = run("pool", "postgresql")
     assert_kept_session(result)
     parent_pool = set(result["parent_pool_sessions"])
@@ -294,6 +302,7 @@ def test_connection_pool() -> None:
 
 
 def test_control_connection_pool_children_use_parent_sessions() -> None:
+    needs_psycopg3()
     result = run("pool", "postgresql", "plain")
     parent_pool = set(result["parent_pool_sessions"])
     assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
