@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from typing import Any
@@ -20,6 +21,14 @@ _DEFAULTS = {
         "NAME": "test",
     },
 }
+
+
+def options(vendor: str) -> dict[str, Any]:
+    """OPTIONS for the vendor's server, as JSON in FORKSAFE_MYSQL_OPTIONS /
+    FORKSAFE_PG_OPTIONS (the TLS tests set them)."""
+    if vendor not in _PREFIX:
+        return {}
+    return json.loads(os.environ.get(_PREFIX[vendor] + "OPTIONS", "{}"))  # type: ignore[no-any-return]
 
 
 def in_ci() -> bool:
@@ -62,6 +71,6 @@ def database(vendor: str, engine: str = "forksafe", **extra: Any) -> dict[str, A
     """A DATABASES entry for the vendor, on one of ENGINES."""
     entry: dict[str, Any] = {"ENGINE": ENGINES[engine].format(vendor=vendor)}
     if vendor != "sqlite3":
-        entry.update(server(vendor))
+        entry.update(server(vendor), OPTIONS=options(vendor))
     entry.update(extra)
     return entry

@@ -93,6 +93,7 @@ class Monitor:
                 password=config["PASSWORD"],
                 database=config["NAME"],
                 autocommit=True,
+                **dbconfig.options(vendor),
             )
         else:
             try:
@@ -106,6 +107,7 @@ class Monitor:
                 user=config["USER"],
                 password=config["PASSWORD"] or None,
                 dbname=config["NAME"],
+                **dbconfig.options(vendor),
             )
             self.conn.autocommit = True
 
@@ -697,7 +699,22 @@ def sqlite_memory(vendor: str, engine: str) -> Result:
     return result
 
 
+def tls_in_use(vendor: str, engine: str) -> Result:
+    setup(vendor, engine)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if vendor == "mysql":
+            cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            cipher = cursor.fetchone()[1]
+        else:
+            cursor.execute("SELECT cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            cipher = cursor.fetchone()[0]
+    return {"cipher": cipher}
+
+
 SCENARIOS: dict[str, Callable[[str, str], Result]] = {
+    "tls_in_use": tls_in_use,
     "child_closes": child_closes,
     "child_closes_all": child_closes_all,
     "child_closes_old_connections": child_closes_old_connections,

@@ -1,0 +1,72 @@
+"""
+TLS: a child's shutdown of an inherited session would send TLS close_notify
+(and the driver's goodbye) inside the parent's encrypted stream. Against
+TLS-only servers started for these tests, the parent's session survives
+children that close, exit and garbage-collect; the plain ENGINE's does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests import dbconfig, tls
+from tests.test_hazards import assert_kept_session, run
+
+STARTERS = {"postgresql": tls.postgresql, "mysql": tls.mariadb}
+# What the parent sees once its TLS session is broken (libpq and MariaDB's client words).
+TLS_LOST = (
+    "SSL error",
+    "SSL SYSCALL error",
+    "SSL connection has been closed unexpectedly",
+    "decryption failed or bad record mac",
+    "server closed the connection",
+    "Lost connection",
+    "gone away",
+    "EOF",
+)
+
+
+@pytest.fixture(scope="module", params=dbconfig.SERVER_VENDORS)
+def tls_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]:
+    vendor: str = request.param
+    try:
+        with STARTERS[vendor]() as env:
+            yield vendor, env
+    except tls.Unavailable as exc:
+        if dbconfig.in_ci():
+            pytest.fail(f"TLS {vendor} server: {exc}")
+        pytest.skip(f"TLS {vendor} server: {exc}")
+
+
+@pytest.fixture
+def vendor(tls_server: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The vendor, with FORKSAFE_* pointing at its TLS-only server."""
+    name, env = tls_server
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return name
+
+
+def test_sessions_are_encrypted(vendor: str) -> None:
+    assert run("tls_in_use", vendor)["cipher"]
+
+
+@pytest.mark.parametrize(
+    "scenario", ["child_closes", "child_closes_all", "child_exits", "child_drops_connection", "other_thread"]
+)
+def test_tls_session_survives_children(vendor: str, scenario: str) -> None:
+    result: dict[str, Any] = run(scenario, vendor)
+    assert_kept_session(result)
+    if scenario == "other_thread":
+        assert result["thread_same_session"] and result["thread_session_on_server"]
+
+
+@pytest.mark.parametrize("scenario", ["child_closes", "child_closes_all"])
+def test_control_tls_session_broken_by_child(vendor: str, scenario: str) -> None:
+    result = run(scenario, vendor, "plain")
+    assert result["parent_error"] is not None
+    assert any(words in result["parent_error"] for words in TLS_LOST), result["parent_error"]
+    assert not result["parent_session_on_server"]
