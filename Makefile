@@ -9,7 +9,7 @@ PYENV_BINS := $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.*/bin)
 empty :=
 space := $(empty) $(empty)
 export PATH := $(PATH)$(if $(PYENV_BINS),:$(subst $(space),:,$(PYENV_BINS)))
-TEST_ENVS ?= py311-django52,py313-django61,py312-django52-psycopg2,mypy
+TEST_ENVS ?= py311-django52,py313-django61,py312-django52-psycopg2,spatialite,mypy
 
 .PHONY: demo test tox benchmark clean
 

@@ -64,12 +64,15 @@ ENGINES = {
     # A third-party PostgreSQL backend, as is and made fork-safe by forksafe().
     "thirdparty": "tests.thirdparty_backend",
     "thirdparty-forksafe": "tests.thirdparty_backend.forksafe",
+    "gis-forksafe": "django_forksafe.backends.gis.{gis}",
+    "gis-plain": "django.contrib.gis.db.backends.{gis}",
 }
+GIS_BACKENDS = {"mysql": "mysql", "postgresql": "postgis", "sqlite3": "spatialite"}
 
 
 def database(vendor: str, engine: str = "forksafe", **extra: Any) -> dict[str, Any]:
     """A DATABASES entry for the vendor, on one of ENGINES."""
-    entry: dict[str, Any] = {"ENGINE": ENGINES[engine].format(vendor=vendor)}
+    entry: dict[str, Any] = {"ENGINE": ENGINES[engine].format(vendor=vendor, gis=GIS_BACKENDS[vendor])}
     if vendor != "sqlite3":
         entry.update(server(vendor), OPTIONS=options(vendor))
     entry.update(extra)

@@ -654,9 +654,11 @@ def sqlite_file(vendor: str, engine: str) -> Result:
             inherited_open = True
         except sqlite3.ProgrammingError:
             inherited_open = False
+        spatial = spatial_query() if engine.startswith("gis") else None
         return {
             "inherited_handle_used": len(statements) > seen_before,
             "inherited_handle_open": inherited_open,
+            "child_spatial": spatial,
         }
 
     result = run_child(work)
@@ -699,6 +701,42 @@ def sqlite_memory(vendor: str, engine: str) -> Result:
     return result
 
 
+SPATIAL_SQL = {
+    "mysql": "SELECT ST_AsText(ST_Buffer(ST_GeomFromText('POINT(1 2)'), 0))",
+    "postgresql": "SELECT ST_AsText(ST_SetSRID(ST_MakePoint(1, 2), 4326))",
+    "sqlite": "SELECT AsText(MakePoint(1, 2))",
+}
+
+
+def spatial_query() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(SPATIAL_SQL[connection.vendor])
+        return str(cursor.fetchone()[0])
+
+
+def gis(vendor: str, engine: str) -> Result:
+    """A GIS ENGINE: the child closes, then runs spatial SQL on a session of
+    its own; the parent keeps its session, spatial functions and all."""
+    monitor = setup(vendor, engine)
+    from django.db import connection
+
+    if vendor == "postgresql":
+        connection.prepare_database()  # CREATE EXTENSION IF NOT EXISTS postgis
+    parent = Parent(monitor=monitor)
+
+    def work() -> Result:
+        connection.close()
+        session = child_session()
+        return {"child_spatial": spatial_query(), **session}
+
+    result = {**run_child(work), **parent.check(), "parent_session": parent.session_id}
+    if result["parent_error"] is None:
+        result["parent_spatial"] = spatial_query()
+    return result
+
+
 def tls_in_use(vendor: str, engine: str) -> Result:
     setup(vendor, engine)
     from django.db import connection
@@ -714,6 +752,7 @@ def tls_in_use(vendor: str, engine: str) -> Result:
 
 
 SCENARIOS: dict[str, Callable[[str, str], Result]] = {
+    "gis": gis,
     "tls_in_use": tls_in_use,
     "child_closes": child_closes,
     "child_closes_all": child_closes_all,

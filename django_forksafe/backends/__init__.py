@@ -15,7 +15,10 @@ from types import ModuleType
 
 from django.core.exceptions import ImproperlyConfigured
 
-ENGINES = [f"{__name__}.{vendor}" for vendor in ("mysql", "postgresql", "sqlite3")]
+ENGINES = [
+    *(f"{__name__}.{vendor}" for vendor in ("mysql", "postgresql", "sqlite3")),
+    *(f"{__name__}.gis.{backend}" for backend in ("mysql", "postgis", "spatialite")),
+]
 
 
 class _UnknownEngineFinder(importlib.abc.MetaPathFinder):
@@ -26,7 +29,7 @@ class _UnknownEngineFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname.rpartition(".")[0] != __name__:
+        if fullname.rpartition(".")[0] not in (__name__, f"{__name__}.gis"):
             return None
         raise ImproperlyConfigured(
             f"{fullname!r} is not a django-forksafe ENGINE. Available ENGINEs: "
