@@ -737,6 +737,45 @@ def gis(vendor: str, engine: str) -> Result:
     return result
 
 
+def through_pgbouncer(vendor: str, engine: str) -> Result:
+    """Through PgBouncer (transaction pooling), what the parent must keep is
+    its client connection to PgBouncer, as PgBouncer's admin console lists it."""
+    import socket
+
+    from tests.pgbouncer import client_ports
+
+    setup("postgresql", engine)
+    from django.db import connection
+
+    bouncer = int(os.environ["FORKSAFE_PGBOUNCER_PORT"])
+
+    def local_port() -> int:
+        with socket.socket(fileno=os.dup(connection.connection.fileno())) as sock:
+            return int(sock.getsockname()[1])
+
+    connection.ensure_connection()
+    raw, parent_port = connection.connection, local_port()
+
+    def work() -> Result:
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return {"child_port": local_port()}
+
+    result = run_child(work)
+    result["parent_port_listed"] = parent_port in client_ports(bouncer)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 42")
+            result["parent_answer"] = cursor.fetchone()[0]
+        result["parent_error"] = None
+    except Exception as exc:
+        result["parent_error"] = f"{type(exc).__name__}: {exc}"
+    result["parent_same_raw"] = connection.connection is raw
+    result["parent_port"] = parent_port
+    return result
+
+
 def tls_in_use(vendor: str, engine: str) -> Result:
     setup(vendor, engine)
     from django.db import connection
@@ -752,6 +791,7 @@ def tls_in_use(vendor: str, engine: str) -> Result:
 
 
 SCENARIOS: dict[str, Callable[[str, str], Result]] = {
+    "through_pgbouncer": through_pgbouncer,
     "gis": gis,
     "tls_in_use": tls_in_use,
     "child_closes": child_closes,

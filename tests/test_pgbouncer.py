@@ -1,0 +1,58 @@
+"""Through PgBouncer in transaction pooling mode, the same fork guarantees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests import dbconfig
+from tests.pgbouncer import pgbouncer
+from tests.test_hazards import run
+from tests.tls import Unavailable
+
+
+@pytest.fixture(scope="module")
+def bouncer_env() -> Iterator[dict[str, str]]:
+    reason = dbconfig.unreachable_reason("postgresql")
+    try:
+        if reason is not None:
+            raise Unavailable(reason)
+        with pgbouncer() as env:
+            yield env
+    except Unavailable as exc:
+        if dbconfig.in_ci():
+            pytest.fail(f"PgBouncer: {exc}")
+        pytest.skip(f"PgBouncer: {exc}")
+
+
+@pytest.fixture(autouse=True)
+def through_bouncer(bouncer_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in bouncer_env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_parent_keeps_its_pgbouncer_connection() -> None:
+    result = run("through_pgbouncer", "postgresql")
+    assert result["parent_error"] is None
+    assert result["parent_answer"] == 42
+    assert result["parent_same_raw"]
+    assert result["parent_port_listed"]  # PgBouncer still serves the parent's client connection.
+    assert result["child_port"] != result["parent_port"]
+
+
+def test_control_child_close_ends_parent_pgbouncer_connection() -> None:
+    result = run("through_pgbouncer", "postgresql", "plain")
+    assert result["parent_error"] is not None
+    assert not result["parent_port_listed"]
+
+
+def test_fork_inside_atomic_through_pgbouncer() -> None:
+    result = run("fork_in_atomic", "postgresql")
+    assert result["query_in_block"] == "ProgrammingError: Cannot open a new connection in an atomic block."
+    assert result["others_see_row_before_rollback"] is False
+    assert result["rows_after_parent_rollback"] == 0
+
+
+def test_control_fork_inside_atomic_through_pgbouncer() -> None:
+    assert run("fork_in_atomic", "postgresql", "plain")["rows_after_parent_rollback"] == 1
