@@ -76,7 +76,7 @@ def main() -> None:
                 break
         else:
             print(f"  {'hazard':<27} {'django.db.backends':<58} django_forksafe.backends")
-            for mine, theirs in zip(plain["hazards"], forksafe["hazards"]):
+            for mine, theirs in zip(plain["hazards"], forksafe["hazards"], strict=True):
                 print(f"  {mine['hazard']:<27} {cell(mine)[:56]:<58} {cell(theirs)}")
 
 

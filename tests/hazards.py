@@ -201,7 +201,6 @@ def setup(vendor: str, engine: str, **options: Any) -> Monitor | None:
 
 def child_session() -> Result:
     """The child's own use of the database."""
-    from django.db import connection
     from django.db.backends.signals import connection_created
 
     created: list[int] = []

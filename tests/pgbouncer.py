@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests import dbconfig
-from tests.tls import Unavailable, free_port, wait_for_port
+from tests.tls import Unavailable, free_port, terminate, wait_for_port
 
 
 @contextmanager
@@ -50,12 +50,7 @@ def pgbouncer() -> Iterator[dict[str, str]]:
         wait_for_port(port, process, log)
         yield {"FORKSAFE_PG_PORT": str(port), "FORKSAFE_PGBOUNCER_PORT": str(port)}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         shutil.rmtree(directory, ignore_errors=True)
 
 

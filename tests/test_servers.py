@@ -296,7 +296,7 @@ def test_celery_prefork_worker(vendor: str, tmp_path: Path) -> None:
     with running(command, env, None, tmp_path / "celery.log") as worker:
         pks = [random.randint(1, PRODUCTS) for _ in range(150)]
         results = [client.send_task("shop.tasks.product_info", args=[pk], queue=queue) for pk in pks]
-        outcomes = [{"asked": pk, **result.get(timeout=120)} for pk, result in zip(pks, results)]
+        outcomes = [{"asked": pk, **result.get(timeout=120)} for pk, result in zip(pks, results, strict=True)]
         stop(worker)  # Warm shutdown: the main process checks its session.
     client.close()
     assert_all_right(outcomes)

@@ -44,6 +44,16 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, log: Path)
             time.sleep(0.1)  # Polling for readiness, bounded by the deadline.
 
 
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server we started, bounded in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run(*command: str, **kwargs: Any) -> None:
     process = subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
     if process.returncode:
@@ -131,10 +141,5 @@ def mariadb() -> Iterator[dict[str, str]]:
         }
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process)
         shutil.rmtree(directory, ignore_errors=True)
