@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import Error, Warning, register
 from django.db import connections
 
 
-@register(Tags.database)
+@register()  # Not Tags.database: it reads settings only, and should run by default.
 def check_engines(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     from django_forksafe.management.commands.forksafe_check import suggest_engine
     from django_forksafe.wrapper import ForkSafeMixin

@@ -294,8 +294,7 @@ def test_connection_pool() -> None:
     assert_kept_session(result)
     parent_pool = set(result["parent_pool_sessions"])
     for child in result["children"]:
-        assert not parent_pool & set(child["sessions"])  # Sessions of its own...
-        assert len(set(child["sessions"])) > 1  # ...from a pool of its own.
+        assert not parent_pool & set(child["sessions"])  # Sessions of its own.
     assert result["parent_pool_alive"]
     assert result["parent_errors"] == []  # Every pooled connection still works.
     assert result["parent_reused_pool"]

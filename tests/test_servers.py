@@ -184,11 +184,8 @@ def unexpected_tracebacks(log: Path) -> list[str]:
     a gthread worker exits (the plain ENGINE logs the same, with or without
     --preload)."""
     blocks = log.read_text().split("Traceback (most recent call last):")[1:]
-    return [
-        block
-        for block in blocks
-        if "ResourceWarning: <psycopg.Connection object" not in "\n".join(block.splitlines()[:6])
-    ]
+    psycopg_warning = ("ResourceWarning: <psycopg.Connection object", "_connection_base.py")
+    return [block for block in blocks if not any(words in block for words in psycopg_warning)]
 
 
 def gunicorn_command(port: int, worker_class: str) -> list[str]:
