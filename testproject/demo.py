@@ -57,6 +57,22 @@ def check(vendor: str, engine: str) -> dict[str, Any]:
     return result  # type: ignore[no-any-return]
 
 
+def fanout(vendor: str, engine: str) -> str:
+    """manage.py fanout: sum prices in 4 forked workers through the ORM."""
+    process = manage(vendor, engine, "fanout", "--json", "--workers", "4", "--close-in-initializer")
+    try:
+        report = json.loads(process.stdout)
+    except ValueError:
+        return f"OPEN: crashed: {(process.stderr.strip().splitlines() or ['no output'])[-1]}"
+    if report["parent_error"]:
+        return f"OPEN: parent lost its session: {report['parent_error']}".splitlines()[0]
+    if report["worker_errors"]:
+        return f"OPEN: workers failed: {report['worker_errors'][0]}"
+    if report["workers_used_inherited_connection"]:
+        return "OPEN: workers used the parent's connection"
+    return "safe"
+
+
 def cell(hazard: dict[str, Any]) -> str:
     return "safe" if hazard["safe"] else f"OPEN: {hazard['detail']}"
 
@@ -78,6 +94,8 @@ def main() -> None:
             print(f"  {'hazard':<27} {'django.db.backends':<58} django_forksafe.backends")
             for mine, theirs in zip(plain["hazards"], forksafe["hazards"], strict=True):
                 print(f"  {mine['hazard']:<27} {cell(mine)[:56]:<58} {cell(theirs)}")
+            fanouts = [fanout(vendor, engine) for engine in ("plain", "forksafe")]
+            print(f"  {'ORM in a process pool':<27} {fanouts[0][:56]:<58} {fanouts[1]}")
 
 
 if __name__ == "__main__":

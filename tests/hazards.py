@@ -493,6 +493,13 @@ def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
                 request_started.send(sender=None)
             elif trigger in ("middleware", "async_middleware"):
                 through_middleware(asynchronous=trigger == "async_middleware")
+            elif trigger == "drop_then_request":
+                # Garbage before detection: the registry keeps the raw
+                # connection alive, so mysqlclient's deallocator cannot run.
+                del connections["default"]
+                parent.connection = parent.raw = None
+                gc.collect()
+                request_started.send(sender=None)
             elif trigger == "strict_query":
                 return {"child_session": session_id()}
             # After detection, the child connects on its own.
@@ -819,6 +826,7 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
             "request_started",
             "middleware",
             "async_middleware",
+            "drop_then_request",
             "strict_query",
         )
     },

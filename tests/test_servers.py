@@ -212,6 +212,21 @@ def test_gunicorn_preload(vendor: str, worker_class: str, tmp_path: Path) -> Non
     assert unexpected_tracebacks(tmp_path / "gunicorn.log") == []
 
 
+def test_gunicorn_explicit_post_fork_hook(tmp_path: Path) -> None:
+    """The documented gunicorn.conf.py works (and changes nothing)."""
+    require("postgresql", "gunicorn")
+    prepare("postgresql")
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text("from django_forksafe.contrib.gunicorn import post_fork  # noqa: F401\n")
+    port = free_port()
+    env = project_env("postgresql", "forksafe", FORKSAFE_CONN_MAX_AGE="600")
+    command = [*gunicorn_command(port, "sync"), "--config", str(config)]
+    with running(command, env, port, tmp_path / "gunicorn.log"):
+        responses = hammer(port)
+    assert_all_right(responses)
+    assert unexpected_tracebacks(tmp_path / "gunicorn.log") == []
+
+
 @SERVERS
 def test_control_gunicorn_preload(vendor: str, tmp_path: Path) -> None:
     require(vendor, "gunicorn")
@@ -305,17 +320,18 @@ def test_celery_prefork_worker(vendor: str, tmp_path: Path) -> None:
 
 
 @SERVERS
+@pytest.mark.parametrize("pool", ["futures", "multiprocessing"])
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 @pytest.mark.parametrize("close_in_initializer", [False, True])
 def test_process_pool_in_management_command(
-    vendor: str, start_method: str, close_in_initializer: bool
+    vendor: str, pool: str, start_method: str, close_in_initializer: bool
 ) -> None:
     require(vendor)
     prepare(vendor)
     monitor = Monitor(vendor)
     try:
         before = monitor.sessions()
-        args = ["fanout", "--json", "--start-method", start_method, "--products", str(PRODUCTS)]
+        args = ["fanout", "--json", "--pool", pool, "--start-method", start_method, "--products", str(PRODUCTS)]
         report = json.loads(
             manage(vendor, "forksafe", *args, *(["--close-in-initializer"] if close_in_initializer else [])).stdout
         )

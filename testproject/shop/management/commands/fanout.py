@@ -27,6 +27,10 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=4)
         parser.add_argument("--products", type=int, default=200)
         parser.add_argument("--start-method", default="fork", choices=["fork", "spawn", "forkserver"])
+        parser.add_argument(
+            "--pool", default="futures", choices=["futures", "multiprocessing"],
+            help="concurrent.futures.ProcessPoolExecutor or multiprocessing.Pool",
+        )
         parser.add_argument("--close-in-initializer", action="store_true")
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
@@ -35,19 +39,28 @@ class Command(BaseCommand):
         before = session()
         chunk = 10
         bounds = [(start, start + chunk) for start in range(1, options["products"] + 1, chunk)]
-        pool = ProcessPoolExecutor(
-            max_workers=options["workers"],
-            mp_context=multiprocessing.get_context(options["start_method"]),
-            initializer=start_worker,
-            initargs=(os.getpid(), options["start_method"] != "fork", options["close_in_initializer"]),
-        )
+        context = multiprocessing.get_context(options["start_method"])
+        initargs = (os.getpid(), options["start_method"] != "fork", options["close_in_initializer"])
         results, worker_errors = [], []
-        with pool:
-            for future in [pool.submit(price_of, *bound) for bound in bounds]:
-                try:
-                    results.append(future.result())
-                except Exception as exc:
-                    worker_errors.append(f"{type(exc).__name__}: {exc}")
+        if options["pool"] == "futures":
+            executor = ProcessPoolExecutor(
+                max_workers=options["workers"], mp_context=context, initializer=start_worker, initargs=initargs
+            )
+            with executor:
+                futures = [executor.submit(price_of, *bound) for bound in bounds]
+                for future in futures:
+                    try:
+                        results.append(future.result())
+                    except Exception as exc:
+                        worker_errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            with context.Pool(options["workers"], initializer=start_worker, initargs=initargs) as pool:
+                pending = [pool.apply_async(price_of, bound) for bound in bounds]
+                for task in pending:
+                    try:
+                        results.append(task.get(timeout=120))
+                    except Exception as exc:
+                        worker_errors.append(f"{type(exc).__name__}: {exc}")
         parent_error = None
         try:
             after = session()
