@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -49,21 +50,40 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 @register()
 def check_uwsgi(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
-    try:
-        import uwsgi
-    except ImportError:  # Not inside a uWSGI process.
+    message = uwsgi_without_hook()
+    if message is None:
         return []
-    # Not django_forksafe.contrib.uwsgi.installed(): importing that module installs the hook.
-    hook = getattr(uwsgi, "post_fork_hook", None)
+    return [Warning(message, hint=UWSGI_HINT, id="django_forksafe.W002")]
+
+
+UWSGI_HINT = (
+    "Import django_forksafe.contrib.uwsgi in your WSGI module, or start uWSGI "
+    "with --import django_forksafe.contrib.uwsgi."
+)
+
+
+def uwsgi_without_hook() -> str | None:
+    """Why this uWSGI process's workers are not covered at fork, if they are not."""
+    if "uwsgi" not in sys.modules:
+        try:
+            import uwsgi  # noqa: F401 - importable only inside a uWSGI process.
+        except ImportError:
+            return None
+    uwsgi = sys.modules["uwsgi"]
     options = getattr(uwsgi, "opt", {})
-    if getattr(hook, "forksafe", False) or options.get("py-call-osafterfork") or options.get("lazy-apps"):
-        return []
-    return [
-        Warning(
-            "Running under uWSGI, which does not run Python's at-fork handlers in its "
-            "workers, without django-forksafe's post-fork hook.",
-            hint="Import django_forksafe.contrib.uwsgi in your WSGI module, or start uWSGI "
-            "with --import django_forksafe.contrib.uwsgi.",
-            id="django_forksafe.W002",
-        )
-    ]
+    if uwsgi_hook_installed(uwsgi):
+        return None
+    if options.get("py-call-osafterfork") or options.get("lazy-apps") or options.get("lazy"):
+        return None
+    return (
+        "Running under uWSGI, which does not run Python's at-fork handlers in its "
+        "workers, without django-forksafe's post-fork hook."
+    )
+
+
+def uwsgi_hook_installed(uwsgi: Any) -> bool:
+    """Whether uWSGI will call django_forksafe.contrib.uwsgi.post_fork in its
+    workers (as its post_fork_hook, or in uwsgidecorators' chain)."""
+    chain: list[Any] = getattr(sys.modules.get("uwsgidecorators"), "postfork_chain", [])
+    hooks = [getattr(uwsgi, "post_fork_hook", None), *chain]
+    return any(getattr(hook, "forksafe", False) for hook in hooks)

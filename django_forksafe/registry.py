@@ -13,8 +13,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import threading
 import weakref
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from django_forksafe.signals import post_fork
@@ -40,22 +42,22 @@ class _OpenConnection:
     wrapper_ref: weakref.ref[ForkSafeMixin]
 
 
-@dataclass(frozen=True)
-class _OpenPool:
-    pools: dict[str, Any]  # Where Django keeps it: DatabaseWrapper._connection_pools.
-    alias: str
-    pool_ref: weakref.ref[Any]
-    pid: int
-
-
 # Strong references on purpose. In a child, CPython clears the other threads'
 # state (and with it their thread-local DatabaseWrappers) before at-fork
 # handlers run; holding the raw connections here keeps a driver's deallocator
 # (mysqlclient sends COM_QUIT) from running before the socket is redirected.
 _open_connections: dict[int, _OpenConnection] = {}
 
-# Connection pools (Django >= 5.1, PostgreSQL), weakly: Django holds them.
-_open_pools: dict[int, _OpenPool] = {}
+# Where Django keeps connection pools (>= 5.1, PostgreSQL): the class-level
+# DatabaseWrapper._connection_pools dicts of the wrapper classes we made.
+_pool_dicts: dict[int, dict[str, Any]] = {}
+# The process each pool we have taken connections from was opened in, by id
+# (weakly: Django holds the pools). A pool missing here dates from before the
+# fork too, say one a master warmed up with pool.open().
+_pool_pids: dict[int, int] = {}
+
+# Serialises invalidation when a fork is noticed late, by any thread.
+_late_detection = threading.Lock()
 
 # The process that last invalidated inherited connections (or imported us).
 # Comparing it with os.getpid() detects forks that skipped at-fork handlers.
@@ -77,12 +79,17 @@ def track(wrapper: ForkSafeMixin, raw: Any) -> None:
     _open_connections[key] = _OpenConnection(raw, os.getpid(), weakref.ref(wrapper, forget))
 
 
-def track_pool(pools: dict[str, Any], alias: str, pool: Any) -> None:
-    """Record a connection pool that `pools[alias]` holds."""
+def watch_pools(pools: dict[str, Any]) -> None:
+    """Record a dict where Django keeps connection pools, by alias."""
+    _pool_dicts[id(pools)] = pools
+
+
+def track_pool(pool: Any) -> None:
+    """Record that this process opened `pool`."""
     key = id(pool)
-    if key not in _open_pools:
-        ref = weakref.ref(pool, lambda _ref: _open_pools.pop(key, None))
-        _open_pools[key] = _OpenPool(pools, alias, ref, os.getpid())
+    if key not in _pool_pids:
+        weakref.finalize(pool, _pool_pids.pop, key, None).atexit = False
+        _pool_pids[key] = os.getpid()
 
 
 def untrack(raw: Any) -> None:
@@ -94,36 +101,48 @@ def invalidate_if_forked() -> Invalidation | None:
     """Invalidate inherited connections if this process forked unnoticed."""
     if os.getpid() == _known_pid:
         return None
-    return invalidate_inherited()
+    with _late_detection:  # Other threads wait until it is done.
+        if os.getpid() == _known_pid:
+            return None
+        return invalidate_inherited()
 
 
 def invalidate_inherited() -> Invalidation:
     """
     In a new process: silence every recorded connection opened by another
-    process, reset the DatabaseWrappers that held them so they reconnect
-    lazily, then send post_fork.
+    process and every inherited pool, reset the DatabaseWrappers that held
+    them so they reconnect lazily, then send post_fork.
     """
     global _known_pid
     pid = os.getpid()
-    parent_pid, _known_pid = _known_pid, pid
+    parent_pid = _known_pid
     inherited = [entry for entry in list(_open_connections.values()) if entry.pid != pid]
-    inherited_pools = [(key, entry) for key, entry in list(_open_pools.items()) if entry.pid != pid]
+    pools = [
+        (pools_dict, alias, pool)
+        for pools_dict in list(_pool_dicts.values())
+        for alias, pool in list(pools_dict.items())
+        if _pool_pids.get(id(pool)) != pid
+    ]
     aliases: list[str] = []
-    if inherited or inherited_pools:
+    if inherited or pools:
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             for entry in inherited:
                 del _open_connections[id(entry.raw)]
-                _silence(entry.raw, devnull)
                 wrapper = entry.wrapper_ref()
-                if wrapper is not None and wrapper.connection is entry.raw:
-                    wrapper._forksafe_forget_connection()
-                    aliases.append(wrapper.alias)
-            for key, pool_entry in inherited_pools:
-                del _open_pools[key]
-                _forget_pool(pool_entry, devnull)
+                with _logged("could not invalidate an inherited connection"):
+                    _silence(entry.raw, devnull)
+                    if wrapper is not None and wrapper.connection is entry.raw:
+                        wrapper._forksafe_forget_connection()
+                        if wrapper.alias not in aliases:
+                            aliases.append(wrapper.alias)
+            for pools_dict, alias, pool in pools:
+                with _logged("could not drop an inherited connection pool"):
+                    _forget_pool(pools_dict, alias, pool, devnull)
         finally:
             os.close(devnull)
+    # Before post_fork, so that its receivers can use the database.
+    _known_pid = pid
     if parent_pid != pid:
         for receiver, result in post_fork.send_robust(None, parent_pid=parent_pid, aliases=aliases):
             if isinstance(result, Exception):
@@ -131,15 +150,21 @@ def invalidate_inherited() -> Invalidation:
     return Invalidation(parent_pid, aliases)
 
 
-def _forget_pool(entry: _OpenPool, devnull: int) -> None:
+@contextlib.contextmanager
+def _logged(failure: str) -> Iterator[None]:
+    # One failure must not leave the other inherited connections live.
+    try:
+        yield
+    except Exception:
+        logger.exception("django-forksafe %s", failure)
+
+
+def _forget_pool(pools: dict[str, Any], alias: str, pool: Any, devnull: int) -> None:
     # The pool's threads did not survive the fork and its idle connections
     # are the parent's sessions: never close() it or let its __del__ run.
     # Without it in Django's dict, the child lazily makes a pool of its own.
-    pool = entry.pool_ref()
-    if pool is None:
-        return
-    if entry.pools.get(entry.alias) is pool:
-        del entry.pools[entry.alias]
+    if pools.get(alias) is pool:
+        del pools[alias]
     for idle in list(getattr(pool, "_pool", ())):  # psycopg_pool's idle connections.
         _silence(idle, devnull)
     _keep_forever(pool)

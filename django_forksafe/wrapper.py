@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.core.signals import request_started
@@ -32,33 +34,32 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             registry.track(self, connection)
         pool = getattr(self, "pool", None)  # Django's PostgreSQL connection pool.
         if pool is not None:
-            pools = self._connection_pools  # type: ignore[attr-defined]  # Where Django keeps it.
-            registry.track_pool(pools, self.alias, pool)
+            registry.track_pool(pool)
         return connection
 
     def connect(self) -> None:
         strict = conf.strict()  # Fail on a bad setting before opening anything.
+        previous = self.connection
         super().connect()
-        if strict:
-            # An instance attribute, so that the default mode adds no call to
-            # every query.
-            vars(self)["ensure_connection"] = self._forksafe_checked_ensure_connection
-        else:
-            vars(self).pop("ensure_connection", None)
-
-    def _forksafe_checked_ensure_connection(self) -> None:
-        registry.invalidate_if_forked()
-        super().ensure_connection()
+        if previous is not None:  # Replaced without close(): left to the GC, as by Django.
+            registry.untrack(previous)
+        for name in _STRICT_CHECKED:
+            if strict:
+                # Instance attributes, so that the default mode adds no call
+                # to every query.
+                vars(self)[name] = _checking_pid(getattr(super(), name))
+            else:
+                vars(self).pop(name, None)
 
     def _close(self) -> None:
         registry.invalidate_if_forked()
         connection = self.connection
         if connection is None:  # It was inherited and is now forgotten.
             return
-        try:
-            super()._close()  # type: ignore[misc]  # Not in django-stubs.
-        finally:
-            registry.untrack(connection)
+        # First: a pool may hand the connection to another thread, which
+        # records it again, the moment Django gives it back.
+        registry.untrack(connection)
+        super()._close()  # type: ignore[misc]  # Not in django-stubs.
 
     def close_if_unusable_or_obsolete(self) -> None:
         # Before Django's health check can ping the server over a shared socket.
@@ -83,6 +84,20 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.connection = None
 
 
+# What FORKSAFE_STRICT checks the process ID before: every way Django reaches
+# the raw connection outside close() (cursors, health checks, transactions).
+_STRICT_CHECKED = ("ensure_connection", "close_if_health_check_failed", "_commit", "_rollback")
+
+
+def _checking_pid(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        registry.invalidate_if_forked()
+        return method(*args, **kwargs)
+
+    return checked
+
+
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
     """
     Return a fork-safe subclass of a backend's DatabaseWrapper class.
@@ -102,6 +117,9 @@ def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
         )
     if issubclass(wrapper_class, ForkSafeMixin):
         return wrapper_class
+    pools = getattr(wrapper_class, "_connection_pools", None)  # Django's PostgreSQL pools.
+    if isinstance(pools, dict):
+        registry.watch_pools(pools)
     namespace = {
         "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
         "__qualname__": wrapper_class.__qualname__,

@@ -331,11 +331,11 @@ def other_thread(vendor: str, engine: str) -> Result:
     return {**result, **thread_result, **parent.check()}
 
 
-def fork_in_atomic(vendor: str, engine: str) -> Result:
+def fork_in_atomic(vendor: str, engine: str, fork: Callable[[], int] = os.fork, strict: bool = False) -> Result:
     """The parent forks inside transaction.atomic() and later rolls back."""
     from django.db import ProgrammingError
 
-    monitor = setup(vendor, engine)
+    monitor = setup(vendor, engine, FORKSAFE_STRICT=strict)
     assert monitor is not None
     from django.db import connection, transaction
 
@@ -349,7 +349,7 @@ def fork_in_atomic(vendor: str, engine: str) -> Result:
             with connection.cursor() as cursor:
                 cursor.execute(f"INSERT INTO {table} VALUES (1)")
             read_end, write_end = os.pipe()
-            pid = os.fork()
+            pid = fork()
             if pid == 0:
                 # The child is inside the inherited block.
                 os.close(read_end)
@@ -564,9 +564,11 @@ def post_fork_signal(fork: Callable[[], int]) -> Callable[[str, str], Result]:
     return scenario
 
 
-def pool(vendor: str, engine: str) -> Result:
+def pool(vendor: str, engine: str, warm_up_only: bool = False) -> Result:
     """Django's PostgreSQL connection pool (OPTIONS["pool"]): the parent holds
-    a live pool; children use and close connections, repeatedly."""
+    a live pool; children use and close connections, repeatedly. With
+    `warm_up_only`, the parent only opened the pool (as a master warming up
+    would) and never took a connection from it through Django."""
     pool_options = {"min_size": 3, "max_size": 4, "timeout": 5}
     databases = {"default": dbconfig.database("postgresql", engine, OPTIONS={"pool": pool_options})}
     monitor = setup("postgresql", engine, DATABASES=databases)
@@ -574,6 +576,13 @@ def pool(vendor: str, engine: str) -> Result:
     from django.db import connection, connections
 
     before = monitor.sessions()
+    if warm_up_only:
+        connection.pool.open(wait=True, timeout=10)
+        parent_pool_sessions = monitor.sessions() - before
+        children = [run_child(lambda: {"sessions": [session_id(), session_id()]}) for _ in range(3)]
+        alive = parent_pool_sessions <= monitor.sessions()
+        connection.close_pool()
+        return {"children": children, "parent_pool_sessions": sorted(parent_pool_sessions), "parent_pool_alive": alive}
     parent = Parent(monitor=monitor)
     connection.pool.wait(timeout=10)
     parent_pool_sessions = monitor.sessions() - before
@@ -815,6 +824,8 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
     "sqlite_file": sqlite_file,
     "sqlite_memory": sqlite_memory,
     "pool": pool,
+    "pool_warmed_up": lambda vendor, engine: pool(vendor, engine, warm_up_only=True),
+    "libc_fork_strict_atomic": lambda vendor, engine: fork_in_atomic(vendor, engine, libc_fork, strict=True),
     "post_fork_signal": post_fork_signal(os.fork),
     "libc_fork_post_fork_signal": post_fork_signal(libc_fork),
     **{

@@ -211,3 +211,18 @@ def test_strict_mode_read_when_connecting(alias: str) -> None:
         connection.close()
     connection.ensure_connection()
     assert "ensure_connection" not in vars(connection)
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_connect_over_an_open_connection_forgets_the_old_one(alias: str) -> None:
+    connection = connections[alias]
+    if connection.vendor == "sqlite":
+        pytest.skip("in-memory and test SQLite databases are not recorded")
+    connection.ensure_connection()
+    old = connection.connection
+    connection.connect()  # Django leaves the old one to the garbage collector.
+    try:
+        assert id(old) not in registry._open_connections
+        assert id(connection.connection) in registry._open_connections
+    finally:
+        old.close()

@@ -250,6 +250,16 @@ def test_strict_mode_checks_pid_on_checkout(vendor: str) -> None:
 
 
 @SERVERS
+def test_strict_mode_fork_inside_atomic(vendor: str) -> None:
+    """A fork that skips the at-fork handlers, inside atomic(): strict mode
+    notices on the first query, and leaving the block sends no COMMIT."""
+    result = run("libc_fork_strict_atomic", vendor)
+    assert result["query_in_block"] == "ProgrammingError: Cannot open a new connection in an atomic block."
+    assert result["others_see_row_before_rollback"] is False
+    assert result["rows_after_parent_rollback"] == 0
+
+
+@SERVERS
 def test_control_strict_mode_query_shares_session(vendor: str) -> None:
     result = run("libc_fork_strict_query", vendor, "plain")
     assert result["child_session"] == result["parent_session"]
@@ -307,6 +317,23 @@ def test_connection_pool() -> None:
     assert result["parent_pool_alive"]
     assert result["parent_errors"] == []  # Every pooled connection still works.
     assert result["parent_reused_pool"]
+
+
+def test_connection_pool_opened_but_never_used_through_django() -> None:
+    needs_psycopg3()
+    result = run("pool_warmed_up", "postgresql")
+    parent_pool = set(result["parent_pool_sessions"])
+    assert parent_pool
+    for child in result["children"]:
+        assert not parent_pool & set(child["sessions"])
+    assert result["parent_pool_alive"]
+
+
+def test_control_connection_pool_opened_but_never_used() -> None:
+    needs_psycopg3()
+    result = run("pool_warmed_up", "postgresql", "plain")
+    parent_pool = set(result["parent_pool_sessions"])
+    assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
 
 
 def test_control_connection_pool_children_use_parent_sessions() -> None:

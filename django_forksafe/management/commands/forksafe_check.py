@@ -125,7 +125,12 @@ class Command(BaseCommand):
 
 
 def suggest_engine(engine: str) -> str:
-    vendor = engine.rsplit(".", 1)[-1]
-    if engine.startswith("django.db.backends.") and vendor in ("mysql", "postgresql", "sqlite3"):
-        return f"django_forksafe.backends.{vendor}"
+    """The fork-safe ENGINE to use instead of `engine`."""
+    package, _, name = engine.rpartition(".")
+    ours = {
+        "django.db.backends": ("django_forksafe.backends", {"mysql", "postgresql", "sqlite3"}),
+        "django.contrib.gis.db.backends": ("django_forksafe.backends.gis", {"mysql", "postgis", "spatialite"}),
+    }
+    if package in ours and name in ours[package][1]:
+        return f"{ours[package][0]}.{name}"
     return f"a base.py with DatabaseWrapper = django_forksafe.forksafe(<{engine}>.base.DatabaseWrapper)"
