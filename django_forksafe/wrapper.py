@@ -43,8 +43,9 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         super().connect()
         if previous is not None:  # Replaced without close(): left to the GC, as by Django.
             registry.untrack(previous)
+        health_checks: bool = self.health_check_enabled  # type: ignore[attr-defined]
         for name in _STRICT_CHECKED:
-            if strict:
+            if strict and (health_checks or name != "close_if_health_check_failed"):
                 # Instance attributes, so that the default mode adds no call
                 # to every query.
                 vars(self)[name] = _checking_pid(getattr(super(), name))
@@ -85,7 +86,8 @@ class ForkSafeMixin(BaseDatabaseWrapper):
 
 
 # What FORKSAFE_STRICT checks the process ID before: every way Django reaches
-# the raw connection outside close() (cursors, health checks, transactions).
+# the raw connection outside close() (cursors, health checks when
+# CONN_HEALTH_CHECKS is on, transactions).
 _STRICT_CHECKED = ("ensure_connection", "close_if_health_check_failed", "_commit", "_rollback")
 
 
