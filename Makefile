@@ -36,9 +36,8 @@ tox: $(VENV)/bin/tox
 	$(VENV)/bin/tox run
 
 benchmark: $(VENV)/.demo
-	$(VENV)/bin/pip install --quiet gunicorn
-	$(VENV)/bin/python -m tests.benchmarks.overhead
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m tests.benchmarks.gunicorn_throughput
+	$(VENV)/bin/pip install --quiet gunicorn pytest
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m tests.benchmarks.overhead
 
 clean:
 	rm -rf $(VENV) .tox build dist *.egg-info testproject/db.sqlite3

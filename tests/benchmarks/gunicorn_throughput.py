@@ -38,12 +38,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
-    prepare(args.vendor)
+    compare(args.vendor, args.rounds, args.requests)
+
+
+def compare(vendor: str, rounds: int, requests: int) -> None:
+    prepare(vendor)
     forksafe, plain = [], []
-    for _ in range(args.rounds):
-        forksafe.append(requests_per_second(args.vendor, "forksafe", True, args.requests))
-        plain.append(requests_per_second(args.vendor, "plain", False, args.requests))
-    print(f"gunicorn, 3 sync workers, {args.vendor}, CONN_MAX_AGE=600, median of {args.rounds} rounds:")
+    for _ in range(rounds):
+        forksafe.append(requests_per_second(vendor, "forksafe", True, requests))
+        plain.append(requests_per_second(vendor, "plain", False, requests))
+    print(f"gunicorn, 3 sync workers, {vendor}, CONN_MAX_AGE=600, median of {rounds} rounds:")
     print(f"  forksafe ENGINE, --preload:     {statistics.median(forksafe):8.0f} requests/s")
     print(f"  plain ENGINE, without preload:  {statistics.median(plain):8.0f} requests/s")
     print(f"  ratio:                          {statistics.median(forksafe) / statistics.median(plain):8.3f}")

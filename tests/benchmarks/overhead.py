@@ -5,7 +5,9 @@ Runs both side by side in one process, alternating rounds, and prints the
 median ratio of per-query time for ``cursor().execute("SELECT 1")``, for the
 default and the strict mode, on in-memory SQLite, MariaDB and PostgreSQL
 (servers that do not answer are left out). Then the time a child spends
-invalidating its inherited connections, with 1 and with 10 aliases.
+invalidating its inherited connections, with 1 and with 10 aliases; then
+gunicorn --preload's throughput on the forksafe ENGINE against the plain
+ENGINE without preload (tests/benchmarks/gunicorn_throughput.py).
 
     python -m tests.benchmarks.overhead [--rounds 15]
 """
@@ -18,6 +20,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from typing import Any
@@ -134,6 +137,10 @@ def invalidation_microseconds(vendor: str, aliases: int, rounds: int, warm: bool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--gunicorn-rounds", type=int, default=5,
+        help="Rounds of the gunicorn throughput comparison (0 to leave it out).",
+    )
     args = parser.parse_args()
     settings.configure(DATABASES={}, USE_TZ=True)
     django.setup()
@@ -156,6 +163,11 @@ def main() -> None:
                 for warm in (False, True)
             )
             print(f"{vendor:<12} {aliases:>7} {fresh:>12.1f} {warm:>11.1f}")
+    if args.gunicorn_rounds and "postgresql" in available and shutil.which("gunicorn"):
+        from tests.benchmarks import gunicorn_throughput
+
+        print()
+        gunicorn_throughput.compare("postgresql", args.gunicorn_rounds, requests=2000)
 
 
 if __name__ == "__main__":
