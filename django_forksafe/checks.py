@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.db import connections
+
+from django_forksafe import conf
 
 
 @register()  # Not Tags.database: it reads settings only, and should run by default.
 def check_engines(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
-    from django_forksafe.management.commands.forksafe_check import suggest_engine
+    from django_forksafe.backends import suggest_engine
     from django_forksafe.wrapper import ForkSafeMixin
 
     warnings = []
@@ -36,12 +37,12 @@ def check_engines(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    value = getattr(settings, "FORKSAFE_STRICT", False)
-    if isinstance(value, bool):
+    problem = conf.strict_problem()
+    if problem is None:
         return []
     return [
         Error(
-            f"FORKSAFE_STRICT must be True or False, not {value!r} (of type {type(value).__name__}).",
+            problem,
             hint="Set FORKSAFE_STRICT = True to check the process ID on every connection checkout.",
             id="django_forksafe.E001",
         )

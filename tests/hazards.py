@@ -22,9 +22,9 @@ from typing import Any
 import django
 from django.conf import settings
 
+from django_forksafe.probe import SESSION_SQL
 from tests import dbconfig
 
-SESSION_ID_SQL = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
 Result = dict[str, Any]
 
 
@@ -150,7 +150,7 @@ def session_id(alias: str = "default") -> int:
 
     connection = connections[alias]
     with connection.cursor() as cursor:
-        cursor.execute(SESSION_ID_SQL[connection.vendor])
+        cursor.execute(SESSION_SQL[connection.vendor])
         return int(cursor.fetchone()[0])
 
 
@@ -408,7 +408,7 @@ def concurrent(vendor: str, engine: str) -> Result:
         for i in range(rounds):
             token = f"{os.getpid()}-{i}"
             with connection.cursor() as cursor:
-                cursor.execute(f"SELECT %s, ({SESSION_ID_SQL[vendor]})", [token])
+                cursor.execute(f"SELECT %s, ({SESSION_SQL[vendor]})", [token])
                 reply, session = cursor.fetchone()
             wrong += reply != token
             sessions.add(int(session))

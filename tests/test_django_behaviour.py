@@ -18,13 +18,13 @@ from django.db.utils import load_backend
 from django.test import override_settings
 
 from django_forksafe import ForkSafeMixin, registry
+from django_forksafe.probe import SESSION_SQL
 from tests import dbconfig
 from tests.hazards import Monitor
 from tests.test_hazards import ROOT
 from tests.testapp.models import Item
 
 ALIASES = ["default", *dbconfig.SERVER_VENDORS]
-SESSION_ID_SQL = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
 
 
 @pytest.fixture(params=ALIASES)
@@ -145,13 +145,13 @@ def test_conn_health_checks_replace_a_killed_session(alias: str) -> None:
     monitor = Monitor(connection.vendor)
     try:
         with connection.cursor() as cursor:
-            cursor.execute(SESSION_ID_SQL[connection.vendor])
+            cursor.execute(SESSION_SQL[connection.vendor])
             session = cursor.fetchone()[0]
         kill = "KILL %s" if connection.vendor == "mysql" else "SELECT pg_terminate_backend(%s)"
         monitor.query(kill, (session,))
         close_old_connections()  # What a request does at its start.
         with connection.cursor() as cursor:
-            cursor.execute(SESSION_ID_SQL[connection.vendor])
+            cursor.execute(SESSION_SQL[connection.vendor])
             assert cursor.fetchone()[0] != session
     finally:
         monitor.conn.close()

@@ -21,6 +21,18 @@ ENGINES = [
 ]
 
 
+def suggest_engine(engine: str) -> str:
+    """The fork-safe ENGINE to use instead of `engine`."""
+    package, _, name = engine.rpartition(".")
+    ours = {
+        "django.db.backends": ("django_forksafe.backends", {"mysql", "postgresql", "sqlite3"}),
+        "django.contrib.gis.db.backends": ("django_forksafe.backends.gis", {"mysql", "postgis", "spatialite"}),
+    }
+    if package in ours and name in ours[package][1]:
+        return f"{ours[package][0]}.{name}"
+    return f"a base.py with DatabaseWrapper = django_forksafe.forksafe(<{engine}>.base.DatabaseWrapper)"
+
+
 class _UnknownEngineFinder(importlib.abc.MetaPathFinder):
     # Last on sys.meta_path: asked only about modules no other finder found.
     def find_spec(

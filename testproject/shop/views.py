@@ -4,13 +4,10 @@ import os
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from django_forksafe.probe import SESSION_SQL as PROBE_SESSION_SQL
 from shop.models import Product
 
-SESSION_SQL = {
-    "mysql": "SELECT CONNECTION_ID()",
-    "postgresql": "SELECT pg_backend_pid()",
-    "sqlite": "SELECT 0",
-}
+SESSION_SQL = {**PROBE_SESSION_SQL, "sqlite": "SELECT 0"}
 
 
 def session_id() -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from django_forksafe.backends import suggest_engine
 from django_forksafe.probe import HAZARDS
 from django_forksafe.wrapper import ForkSafeMixin
 
@@ -122,15 +123,3 @@ class Command(BaseCommand):
             if not result["forksafe"]:
                 suggestion = suggest_engine(result["engine"])
                 self.stdout.write(f"  -> use ENGINE = {suggestion!r} to close these hazards")
-
-
-def suggest_engine(engine: str) -> str:
-    """The fork-safe ENGINE to use instead of `engine`."""
-    package, _, name = engine.rpartition(".")
-    ours = {
-        "django.db.backends": ("django_forksafe.backends", {"mysql", "postgresql", "sqlite3"}),
-        "django.contrib.gis.db.backends": ("django_forksafe.backends.gis", {"mysql", "postgis", "spatialite"}),
-    }
-    if package in ours and name in ours[package][1]:
-        return f"{ours[package][0]}.{name}"
-    return f"a base.py with DatabaseWrapper = django_forksafe.forksafe(<{engine}>.base.DatabaseWrapper)"
