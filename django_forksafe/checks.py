@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from django.core.checks import Error, Warning, register
+from django.conf import settings
+from django.core.checks import Warning, register
 from django.db import connections
-
-from django_forksafe import conf
 
 
 @register()  # Not Tags.database: it reads settings only, and should run by default.
@@ -36,15 +35,15 @@ def check_engines(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
 
 
 @register()
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    problem = conf.strict_problem()
-    if problem is None:
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    if not hasattr(settings, "FORKSAFE_STRICT"):
         return []
     return [
-        Error(
-            problem,
-            hint="Set FORKSAFE_STRICT = True to check the process ID on every connection checkout.",
-            id="django_forksafe.E001",
+        Warning(
+            "FORKSAFE_STRICT has no effect: every connection checkout notices a fork, "
+            "whatever its kind, without a system call.",
+            hint="Remove FORKSAFE_STRICT from your settings.",
+            id="django_forksafe.W003",
         )
     ]
 

@@ -9,16 +9,18 @@ without a socket (SQLite's files) is never touched again.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import logging
 import os
 import threading
 import weakref
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django_forksafe.detection import PROCESS_MARK
 from django_forksafe.signals import post_fork
 
 if TYPE_CHECKING:
@@ -56,11 +58,13 @@ _pool_dicts: dict[int, dict[str, Any]] = {}
 # fork too, say one a master warmed up with pool.open().
 _pool_pids: dict[int, int] = {}
 
-# Serialises invalidation when a fork is noticed late, by any thread.
-_late_detection = threading.Lock()
+# Serialise invalidation between the threads of one process, when a fork is
+# noticed after the fact. One lock per process: a lock that another thread
+# held when the process forked stays held in the child for ever.
+_invalidation_locks: dict[int, threading.Lock] = {}
 
-# The process that last invalidated inherited connections (or imported us).
-# Comparing it with os.getpid() detects forks that skipped at-fork handlers.
+# The process that last invalidated inherited connections (or imported us):
+# the parent_pid of post_fork.
 _known_pid = os.getpid()
 
 
@@ -97,17 +101,18 @@ def untrack(raw: Any) -> None:
     _open_connections.pop(id(raw), None)
 
 
-def invalidate_if_forked() -> Invalidation | None:
+def invalidate_if_forked(send_post_fork: bool = True) -> Invalidation | None:
     """Invalidate inherited connections if this process forked unnoticed."""
-    if os.getpid() == _known_pid:
+    if PROCESS_MARK[0]:
         return None
-    with _late_detection:  # Other threads wait until it is done.
-        if os.getpid() == _known_pid:
+    lock = _invalidation_locks.setdefault(os.getpid(), threading.Lock())
+    with lock:  # Other threads wait until it is done.
+        if PROCESS_MARK[0]:
             return None
-        return invalidate_inherited()
+        return invalidate_inherited(send_post_fork)
 
 
-def invalidate_inherited() -> Invalidation:
+def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     """
     In a new process: silence every recorded connection opened by another
     process and every inherited pool, reset the DatabaseWrappers that held
@@ -130,8 +135,11 @@ def invalidate_inherited() -> Invalidation:
             for entry in inherited:
                 del _open_connections[id(entry.raw)]
                 wrapper = entry.wrapper_ref()
-                with _logged("could not invalidate an inherited connection"):
-                    _silence(entry.raw, devnull)
+                try:
+                    with _logged("could not silence an inherited connection"):
+                        _silence(entry.raw, devnull)
+                finally:
+                    # Forgotten even if silencing failed: never the parent's session again.
                     if wrapper is not None and wrapper.connection is entry.raw:
                         wrapper._forksafe_forget_connection()
                         if wrapper.alias not in aliases:
@@ -143,7 +151,12 @@ def invalidate_inherited() -> Invalidation:
             os.close(devnull)
     # Before post_fork, so that its receivers can use the database.
     _known_pid = pid
-    if parent_pid != pid:
+    PROCESS_MARK[0] = 1
+    for stale in [key for key in _invalidation_locks if key != pid]:
+        _invalidation_locks.pop(stale, None)
+    if parent_pid != pid and send_post_fork:
+        # Another thread of the parent may have held the signal's lock at fork time.
+        post_fork.lock = threading.Lock()
         for receiver, result in post_fork.send_robust(None, parent_pid=parent_pid, aliases=aliases):
             if isinstance(result, Exception):
                 logger.error("post_fork receiver %r failed", receiver, exc_info=result)
@@ -194,4 +207,13 @@ def _silence(raw: Any, devnull: int) -> None:
         raw.close()
 
 
+def _invalidate_at_exit() -> None:
+    # A child forked behind Python's back that never reached a checkout: its
+    # finalisation would free the inherited connections (mysqlclient sends
+    # COM_QUIT from its deallocator). Silence them first; no post_fork for a
+    # process that is ending.
+    invalidate_if_forked(send_post_fork=False)
+
+
 os.register_at_fork(after_in_child=invalidate_inherited)
+atexit.register(_invalidate_at_exit)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_forksafe import conf, registry
+from django_forksafe import registry
+from django_forksafe.detection import PROCESS_MARK
+from django_forksafe.transactions import AtomicBlocks
 
 WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
 
@@ -20,15 +20,36 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     Records which process opened each connection, and lets a child process
     drop inherited connections without sending anything to the server.
 
-    Nothing here runs per query unless FORKSAFE_STRICT is on: children are
-    cleaned up by the at-fork handler (see registry), and forks that skip it
-    are noticed on the next request, close() or new connection.
+    Forks through Python are handled by the at-fork handler (see registry).
+    Every other fork is noticed at the next checkout, before any byte is
+    sent: each way Django reaches the raw connection first reads the process
+    mark (see detection), one memory load.
     """
 
-    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        # Forked behind Python's back and not yet noticed: invalidate what was
-        # inherited before this process's own connections join the record.
+    @property  # type: ignore[override]
+    def atomic_blocks(self) -> AtomicBlocks:
+        return self._forksafe_atomic_blocks
+
+    @atomic_blocks.setter
+    def atomic_blocks(self, blocks: list[Any]) -> None:
+        # Django's __init__() and connect() assign plain lists.
+        self._forksafe_atomic_blocks = AtomicBlocks(blocks)
+
+    def ensure_connection(self) -> None:
+        # The query path: cursor(), get/set_autocommit(), savepoints. Inline,
+        # so that a process that did not fork pays one load and one branch.
+        if not PROCESS_MARK[0]:
+            registry.invalidate_if_forked()
+        super().ensure_connection()
+
+    def connect(self) -> None:
         registry.invalidate_if_forked()
+        previous = self.connection
+        super().connect()
+        if previous is not None:  # Replaced without close(): left to the GC, as by Django.
+            registry.untrack(previous)
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
             registry.track(self, connection)
@@ -37,20 +58,20 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             registry.track_pool(pool)
         return connection
 
-    def connect(self) -> None:
-        strict = conf.strict()  # Fail on a bad setting before opening anything.
-        previous = self.connection
-        super().connect()
-        if previous is not None:  # Replaced without close(): left to the GC, as by Django.
-            registry.untrack(previous)
-        health_checks: bool = self.health_check_enabled  # type: ignore[attr-defined]
-        for name in _STRICT_CHECKED:
-            if strict and (health_checks or name != "close_if_health_check_failed"):
-                # Instance attributes, so that the default mode adds no call
-                # to every query.
-                vars(self)[name] = _checking_pid(getattr(super(), name))
-            else:
-                vars(self).pop(name, None)
+    def is_usable(self) -> bool:
+        # The CONN_HEALTH_CHECKS ping, and close_if_unusable_or_obsolete()'s.
+        registry.invalidate_if_forked()
+        if self.connection is None:  # It was inherited and is now forgotten.
+            return False
+        return super().is_usable()
+
+    def _commit(self) -> None:
+        registry.invalidate_if_forked()
+        super()._commit()  # type: ignore[misc]  # Not in django-stubs.
+
+    def _rollback(self) -> None:
+        registry.invalidate_if_forked()
+        super()._rollback()  # type: ignore[misc]  # Not in django-stubs.
 
     def _close(self) -> None:
         registry.invalidate_if_forked()
@@ -63,7 +84,8 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         super()._close()  # type: ignore[misc]  # Not in django-stubs.
 
     def close_if_unusable_or_obsolete(self) -> None:
-        # Before Django's health check can ping the server over a shared socket.
+        # Before Django's get_autocommit() would open a new connection to
+        # replace one it has just found inherited.
         registry.invalidate_if_forked()
         super().close_if_unusable_or_obsolete()
 
@@ -74,30 +96,27 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         return callable(is_in_memory_db) and bool(is_in_memory_db())
 
     def _forksafe_forget_connection(self) -> None:
-        # Django's close() without the server round trip: inside an atomic
-        # block the connection counts as closed in the transaction (queries
-        # raise, leaving the block sends neither COMMIT nor ROLLBACK), and the
-        # next connect() after the outermost block starts afresh.
-        self.run_on_commit = []
-        if self.in_atomic_block:
-            self.closed_in_transaction = True
-            self.needs_rollback = True
+        """
+        Drop the inherited connection without a round trip, and leave the
+        parent's transaction behind: the child starts outside any atomic
+        block, in autocommit once it reconnects, with no on_commit callbacks
+        of its parent (see transactions).
+        """
+        # With closed_in_transaction, leaving an inherited block (or one whose
+        # exit is already under way, see AtomicBlocks) neither queries nor
+        # reconnects; connect() clears it.
+        self.closed_in_transaction = self.in_atomic_block
         self.connection = None
-
-
-# What FORKSAFE_STRICT checks the process ID before: every way Django reaches
-# the raw connection outside close() (cursors, health checks when
-# CONN_HEALTH_CHECKS is on, transactions).
-_STRICT_CHECKED = ("ensure_connection", "close_if_health_check_failed", "_commit", "_rollback")
-
-
-def _checking_pid(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        registry.invalidate_if_forked()
-        return method(*args, **kwargs)
-
-    return checked
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.commit_on_exit = True
+        self.needs_rollback = False
+        self.run_on_commit = []
+        self.run_commit_hooks_on_set_autocommit_on = False
+        self.autocommit = False  # As before the first connect().
+        self.errors_occurred = False
+        self.health_check_done = False
 
 
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:

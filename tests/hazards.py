@@ -9,10 +9,13 @@ Session checks go through a separate monitor connection on the server side.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
 import os
+import select
+import signal
 import sys
 import tempfile
 import threading
@@ -64,9 +67,19 @@ _children: dict[int, int] = {}
 
 
 def child_result(read_end: int) -> Result:
+    return child_result_from(_children.pop(read_end), read_end)
+
+
+def child_result_from(pid: int, read_end: int, timeout: float = 60.0) -> Result:
+    """The child's JSON report, or a report that it hung (then it is killed)."""
+    ready, _, _ = select.select([read_end], [], [], timeout)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        return {"child_error": f"hung: no report within {timeout:g} s"}
     with os.fdopen(read_end) as pipe:
         data = pipe.read()
-    pid = _children.pop(read_end)
     _, status = os.waitpid(pid, 0)
     result: Result = json.loads(data) if data else {"child_error": "no result"}
     result["child_exit_status"] = os.waitstatus_to_exitcode(status)
@@ -199,12 +212,13 @@ def setup(vendor: str, engine: str, **options: Any) -> Monitor | None:
     return Monitor(vendor) if vendor in dbconfig.SERVER_VENDORS else None
 
 
-def child_session() -> Result:
-    """The child's own use of the database."""
+def child_session(first: Callable[[], object] = lambda: None) -> Result:
+    """The child's own use of the database, after `first`."""
     from django.db.backends.signals import connection_created
 
     created: list[int] = []
     connection_created.connect(lambda **kwargs: created.append(os.getpid()), weak=False)
+    first()
     return {"child_session": session_id(), "connection_created_in_child": created == [os.getpid()]}
 
 
@@ -278,16 +292,17 @@ def child_drops_connection(vendor: str, engine: str) -> Result:
     return {**run_child(work), **parent.check()}
 
 
-def child_exits(vendor: str, engine: str) -> Result:
+def child_exits(vendor: str, engine: str, fork: Callable[[], int] = os.fork) -> Result:
     """The child ends through sys.exit(): interpreter finalization frees the
-    inherited connection. No try/finally on this path: the child unwinds it."""
+    inherited connection. No try/finally on this path: the child unwinds it.
+    Through libc, nothing told the child that it is one before it exits."""
     monitor = setup(vendor, engine)
     parent = Parent()
     if monitor is not None:
         # The monitor is a plain driver connection: finalization in the child
         # would end its session too. Reopen it once the child is gone.
         monitor.conn.close()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         sys.exit(0)
     _, status = os.waitpid(pid, 0)
@@ -331,60 +346,74 @@ def other_thread(vendor: str, engine: str) -> Result:
     return {**result, **thread_result, **parent.check()}
 
 
-def fork_in_atomic(vendor: str, engine: str, fork: Callable[[], int] = os.fork, strict: bool = False) -> Result:
-    """The parent forks inside transaction.atomic() and later rolls back."""
-    from django.db import ProgrammingError
-
-    monitor = setup(vendor, engine, FORKSAFE_STRICT=strict)
+def fork_in_atomic(
+    vendor: str, engine: str, fork: Callable[[], int] = os.fork, child_writes_in_block: bool = True, nested: bool = False
+) -> Result:
+    """The parent forks inside transaction.atomic() (with `nested`, inside a
+    savepoint too), with an on_commit callback registered, and rolls back
+    once the child is done. The child writes 2 inside the inherited blocks
+    (unless not `child_writes_in_block`), leaves them, then writes 3."""
+    monitor = setup(vendor, engine)
     assert monitor is not None
     from django.db import connection, transaction
 
     table = f"forksafe_atomic_{os.getpid()}"
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TABLE {table} (v INTEGER)")
+
+    def insert(value: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {table} VALUES ({value})")
+
+    def committed() -> list[int]:
+        return sorted(row[0] for row in monitor.query(f"SELECT v FROM {table}"))
+
     parent_session = session_id()
+    on_commit_ran: list[int] = []
     result: Result = {}
+    child: Result = {}
+    pid = -1
     try:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(f"INSERT INTO {table} VALUES (1)")
-            read_end, write_end = os.pipe()
-            pid = fork()
-            if pid == 0:
-                # The child is inside the inherited block.
-                os.close(read_end)
-                child: Result = {}
-                try:
+            insert(1)
+            transaction.on_commit(lambda: on_commit_ran.append(os.getpid()))
+            with transaction.atomic() if nested else contextlib.nullcontext():
+                read_end, write_end = os.pipe()
+                pid = fork()
+                if pid == 0:  # The child, inside the inherited blocks.
+                    os.close(read_end)
+                    if child_writes_in_block:
+                        try:
+                            insert(2)
+                            child["session_in_block"] = session_id()
+                        except Exception as exc:
+                            child["error_in_block"] = f"{type(exc).__name__}: {exc}"
+                else:
+                    os.close(write_end)
+                    result.update(child_result_from(pid, read_end))
+                    # Still inside the parent's transaction: is it intact?
                     with connection.cursor() as cursor:
-                        cursor.execute(f"SELECT COUNT(*) FROM {table}")
-                    child["query_in_block"] = "succeeded"
-                except ProgrammingError as exc:
-                    child["query_in_block"] = f"ProgrammingError: {exc}"
-                except Exception as exc:
-                    child["query_in_block"] = f"{type(exc).__name__}: {exc}"
-            else:
-                os.close(write_end)
-                with os.fdopen(read_end) as pipe:
-                    result.update(json.loads(pipe.read()))
-                os.waitpid(pid, 0)
-                # Still inside the parent's transaction: is it intact?
-                with connection.cursor() as cursor:
-                    cursor.execute(f"SELECT COUNT(*) FROM {table}")
-                    result["parent_sees_own_row"] = cursor.fetchone()[0] == 1
-                result["others_see_row_before_rollback"] = (
-                    monitor.query(f"SELECT COUNT(*) FROM {table}")[0][0] == 1
-                )
+                        cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE v = 1")
+                        result["parent_sees_own_row"] = cursor.fetchone()[0] == 1
+                    result["committed_before_rollback"] = committed()
+            if pid:
                 transaction.set_rollback(True)
-        if pid == 0:
-            # The child has left the outermost block.
+    except Exception as exc:
+        (child if pid == 0 else result)["error_leaving_block"] = f"{type(exc).__name__}: {exc}"
+    try:
+        if pid == 0:  # The child has left every inherited block.
             try:
-                child["child_session_after_block"] = session_id()
+                child["connected_after_leaving"] = connection.connection is not None
+                insert(3)
+                child["session_after_block"] = session_id()
             except Exception as exc:
-                child["child_error_after_block"] = f"{type(exc).__name__}: {exc}"
+                child["error_after_block"] = f"{type(exc).__name__}: {exc}"
+            child["on_commit_ran_in_child"] = os.getpid() in on_commit_ran
             with os.fdopen(write_end, "w") as pipe:
                 json.dump(child, pipe)
             os._exit(0)
-        result["rows_after_parent_rollback"] = monitor.query(f"SELECT COUNT(*) FROM {table}")[0][0]
+        result["committed_after_rollback"] = committed()
+        result["parent_on_commit_ran"] = on_commit_ran
         result["parent_same_session"] = session_id() == parent_session
         result["parent_session"] = parent_session
     finally:
@@ -393,9 +422,116 @@ def fork_in_atomic(vendor: str, engine: str, fork: Callable[[], int] = os.fork, 
     return result
 
 
-def concurrent(vendor: str, engine: str) -> Result:
+def child_killed_in_atomic(vendor: str, engine: str) -> Result:
+    """A child dies by SIGKILL inside its own atomic block (a job timeout, the
+    OOM killer); the parent's next autocommit write must be committed."""
+    monitor = setup(vendor, engine)
+    assert monitor is not None
+    from django.db import connection, transaction
+
+    table = f"forksafe_killed_{os.getpid()}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (v INTEGER)")
+    parent_session = session_id()
+    try:
+        ready_read, ready_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                with transaction.atomic():
+                    with connection.cursor() as cursor:
+                        cursor.execute(f"INSERT INTO {table} VALUES (1)")
+                    os.write(ready_write, b"1")
+                    while True:
+                        signal.pause()  # Until the parent kills it.
+            finally:
+                os._exit(1)
+        os.read(ready_read, 1)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {table} VALUES (2)")
+        return {
+            "child_killed": os.WIFSIGNALED(status),
+            "visible_to_others": sorted(row[0] for row in monitor.query(f"SELECT v FROM {table}")),
+            "parent_same_session": session_id() == parent_session,
+        }
+    finally:
+        if os.getpid() == _scenario_pid:
+            connection.close()
+            monitor.query(f"DROP TABLE {table}")
+
+
+def write_row(table: str, value: int) -> Result:
+    """A process pool task: one autocommit write through the ORM's connection."""
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {table} VALUES ({value})")
+        return {"pid": os.getpid(), "session": session_id()}
+    except Exception as exc:
+        return {"pid": os.getpid(), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def pool_started_in_atomic(kind: str) -> Callable[[str, str], Result]:
+    """A process pool (fork start method) started on first use inside
+    atomic(), as under ATOMIC_REQUESTS: 4 writes during the block, 4 after
+    it; the parent rolls its own row back. The plain ENGINE's control runs
+    one worker, so that the shared session is used in turn, not at once."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        monitor = setup(vendor, engine)
+        assert monitor is not None
+        from django.db import connection, transaction
+
+        table = f"forksafe_pool_{os.getpid()}"
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE TABLE {table} (v INTEGER)")
+        parent_session = session_id()
+        context = multiprocessing.get_context("fork")
+        workers = 2 if engine == "forksafe" else 1
+        pool: Any = (
+            context.Pool(workers) if kind == "multiprocessing" else ProcessPoolExecutor(workers, mp_context=context)
+        )
+
+        def run_task(value: int) -> Result:
+            if kind == "multiprocessing":
+                return pool.apply_async(write_row, (table, value)).get(60)  # type: ignore[no-any-return]
+            return pool.submit(write_row, table, value).result(60)  # type: ignore[no-any-return]
+
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute(f"INSERT INTO {table} VALUES (0)")
+                during = [run_task(value) for value in range(1, 5)]
+                transaction.set_rollback(True)
+            after = [run_task(value) for value in range(5, 9)]
+            return {
+                "tasks": during + after,
+                "committed": sorted(row[0] for row in monitor.query(f"SELECT v FROM {table}")),
+                "parent_session": parent_session,
+                "parent_same_session": session_id() == parent_session,
+            }
+        finally:
+            if kind == "multiprocessing":
+                pool.terminate()
+                pool.join()
+            else:
+                pool.shutdown(cancel_futures=True)
+            connection.close()
+            monitor.query(f"DROP TABLE {table}")
+
+    return scenario
+
+
+def concurrent(vendor: str, engine: str, fork: Callable[[], int] = os.fork) -> Result:
     """The parent and several children query at the same time; every reply
-    must be the one asked for, from the process's own session."""
+    must be the one asked for, from the process's own session. Through libc,
+    the children's first query is their first use of anything."""
     monitor = setup(vendor, engine)
     parent = Parent(monitor=monitor)
     children, rounds = 4, 300
@@ -414,7 +550,7 @@ def concurrent(vendor: str, engine: str) -> Result:
             sessions.add(int(session))
         return {"wrong_replies": wrong, "sessions": sorted(sessions)}
 
-    pipes = [in_child(hammer, go=go_read) for _ in range(children)]
+    pipes = [in_child(hammer, fork, go=go_read) for _ in range(children)]
     os.write(go_write, b"x" * children)
     mine = hammer()
     results = [child_result(pipe) for pipe in pipes]
@@ -472,38 +608,110 @@ def thread_dies_unclosed(vendor: str, engine: str) -> Result:
     }
 
 
+def _drop_then_request(parent: Parent) -> None:
+    # Garbage before detection: the registry keeps the raw connection
+    # alive, so mysqlclient's deallocator cannot run.
+    from django.core.signals import request_started
+    from django.db import connections
+
+    del connections["default"]
+    parent.connection = parent.raw = None
+    gc.collect()
+    request_started.send(sender=None)
+
+
+def _health_check(parent: Parent) -> None:
+    # The CONN_HEALTH_CHECKS ping, as at the start of a request.
+    from django.db import connection
+
+    connection.health_check_enabled = True
+    connection.health_check_done = False
+    connection.close_if_health_check_failed()
+
+
+def _savepoint(parent: Parent) -> None:
+    from django.db import transaction
+
+    with transaction.atomic():
+        with transaction.atomic():
+            pass
+
+
+def _set_autocommit(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.set_autocommit(False)
+    connection.set_autocommit(True)
+
+
+def _commit(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.commit()
+
+
+def _rollback(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.rollback()
+
+
+def _query(parent: Parent) -> None:
+    session_id()
+
+
+def _close(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.close()
+
+
+def _close_all(parent: Parent) -> None:
+    from django.db import connections
+
+    connections.close_all()
+
+
+def _close_old_connections(parent: Parent) -> None:
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+def _request_started(parent: Parent) -> None:
+    from django.core.signals import request_started
+
+    request_started.send(sender=None)
+
+
+# What a child forked behind Python's back does first.
+LIBC_FORK_TRIGGERS: dict[str, Callable[[Parent], None]] = {
+    "query": _query,
+    "close": _close,
+    "close_all": _close_all,
+    "close_old_connections": _close_old_connections,
+    "request_started": _request_started,
+    "middleware": lambda parent: through_middleware(asynchronous=False),
+    "async_middleware": lambda parent: through_middleware(asynchronous=True),
+    "drop_then_request": _drop_then_request,
+    "health_check": _health_check,
+    "savepoint": _savepoint,
+    "set_autocommit": _set_autocommit,
+    "commit": _commit,
+    "rollback": _rollback,
+}
+
+
 def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
-    """A fork that skips Python's at-fork handlers, then `trigger` in the child."""
+    """A fork that skips Python's at-fork handlers, then `trigger` in the
+    child: the first thing it does. Then the child queries on its own."""
 
     def scenario(vendor: str, engine: str) -> Result:
-        monitor = setup(vendor, engine, FORKSAFE_STRICT=trigger == "strict_query")
+        monitor = setup(vendor, engine)
         parent = Parent(monitor=monitor)
 
         def work() -> Result:
-            from django.core.signals import request_started
-            from django.db import close_old_connections, connection, connections
-
-            if trigger == "close":
-                connection.close()
-            elif trigger == "close_all":
-                connections.close_all()
-            elif trigger == "close_old_connections":
-                close_old_connections()
-            elif trigger == "request_started":
-                request_started.send(sender=None)
-            elif trigger in ("middleware", "async_middleware"):
-                through_middleware(asynchronous=trigger == "async_middleware")
-            elif trigger == "drop_then_request":
-                # Garbage before detection: the registry keeps the raw
-                # connection alive, so mysqlclient's deallocator cannot run.
-                del connections["default"]
-                parent.connection = parent.raw = None
-                gc.collect()
-                request_started.send(sender=None)
-            elif trigger == "strict_query":
-                return {"child_session": session_id()}
-            # After detection, the child connects on its own.
-            return child_session()
+            return child_session(first=lambda: LIBC_FORK_TRIGGERS[trigger](parent))
 
         result = run_child(work, fork=libc_fork)
         return {**result, **parent.check(), "parent_session": parent.session_id}
@@ -552,11 +760,12 @@ def post_fork_signal(fork: Callable[[], int]) -> Callable[[str, str], Result]:
         def work() -> Result:
             from django.db import connections
 
+            signalled_at_start = len(calls)  # Before the child does anything.
             connections.close_all()  # Detection point for a fork without handlers.
             own = session_id()
             connections.close_all()
             session_id()
-            return {"signals": calls, "child_session": own}
+            return {"signals": calls, "child_session": own, "signalled_at_start": signalled_at_start}
 
         result = run_child(work, fork=fork)
         return {**result, **parent.check(), "parent_pid": os.getpid(), "parent_signals": calls}
@@ -805,6 +1014,94 @@ def tls_in_use(vendor: str, engine: str) -> Result:
     return {"cipher": cipher}
 
 
+def child_closes_raw_connection(vendor: str, engine: str) -> Result:
+    """The child closes the driver's connection itself, not through Django,
+    before anything else: only the at-fork handler can have silenced it."""
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+    raw = parent.raw
+
+    def work() -> Result:
+        try:
+            raw.close()
+        except Exception as exc:  # Already closed by the at-fork handler (mysqlclient).
+            return {"raw_close_error": f"{type(exc).__name__}: {exc}"}
+        return {}
+
+    return {**run_child(work), **parent.check()}
+
+
+def registry_lock_held_at_fork(vendor: str, engine: str) -> Result:
+    """A process forked behind Python's back (P) notices it in one thread,
+    which is still inside the invalidation (held in a post_fork receiver)
+    when P's main thread forks again: the grandchild's first query must not
+    wait for a thread that does not exist in it."""
+    from django_forksafe import registry
+    from django_forksafe.signals import post_fork
+
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+
+    def middle() -> Result:
+        middle_pid = os.getpid()
+        inside, release = threading.Event(), threading.Event()
+
+        def hold(**kwargs: Any) -> None:
+            if os.getpid() == middle_pid:
+                inside.set()
+                release.wait()
+
+        post_fork.connect(hold, weak=False)
+        thread = threading.Thread(target=registry.invalidate_if_forked)
+        thread.start()
+        inside.wait()
+        try:
+            read_end, write_end = os.pipe()
+            pid = libc_fork()
+            if pid == 0:
+                os.write(write_end, json.dumps(child_session()).encode())
+                os._exit(0)
+            os.close(write_end)
+            return child_result_from(pid, read_end, timeout=30)
+        finally:
+            release.set()
+            thread.join()
+
+    return {**run_child(middle, fork=libc_fork), **parent.check(), "parent_session": parent.session_id}
+
+
+def signal_lock_held_at_fork(vendor: str, engine: str) -> Result:
+    """Another thread holds post_fork's lock (connecting a receiver) when the
+    main thread forks: the at-fork handler sends post_fork in the child."""
+    from django_forksafe.signals import post_fork
+
+    monitor = setup(vendor, engine)
+    parent = Parent(monitor=monitor)
+    post_fork.connect(lambda **kwargs: None, weak=False)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with post_fork.lock:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait()
+    try:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write_end, json.dumps(child_session()).encode())
+            os._exit(0)
+        os.close(write_end)
+        result = child_result_from(pid, read_end, timeout=30)
+    finally:
+        release.set()
+        thread.join()
+    return {**result, **parent.check(), "parent_session": parent.session_id}
+
+
 SCENARIOS: dict[str, Callable[[str, str], Result]] = {
     "through_pgbouncer": through_pgbouncer,
     "gis": gis,
@@ -817,6 +1114,22 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
     "child_exits": child_exits,
     "other_thread": other_thread,
     "fork_in_atomic": fork_in_atomic,
+    "fork_in_nested_atomic": lambda vendor, engine: fork_in_atomic(vendor, engine, nested=True),
+    "fork_in_atomic_child_only_leaves": lambda vendor, engine: fork_in_atomic(
+        vendor, engine, child_writes_in_block=False, nested=True
+    ),
+    "libc_fork_in_atomic": lambda vendor, engine: fork_in_atomic(vendor, engine, libc_fork),
+    "libc_fork_in_atomic_child_only_leaves": lambda vendor, engine: fork_in_atomic(
+        vendor, engine, libc_fork, child_writes_in_block=False, nested=True
+    ),
+    "child_killed_in_atomic": child_killed_in_atomic,
+    "multiprocessing_pool_started_in_atomic": pool_started_in_atomic("multiprocessing"),
+    "process_pool_executor_started_in_atomic": pool_started_in_atomic("executor"),
+    "libc_fork_child_exits": lambda vendor, engine: child_exits(vendor, engine, libc_fork),
+    "libc_fork_concurrent": lambda vendor, engine: concurrent(vendor, engine, libc_fork),
+    "child_closes_raw_connection": child_closes_raw_connection,
+    "registry_lock_held_at_fork": registry_lock_held_at_fork,
+    "signal_lock_held_at_fork": signal_lock_held_at_fork,
     "concurrent": concurrent,
     "leak_cycles": leak_cycles,
     "thread_dies_unclosed": thread_dies_unclosed,
@@ -825,21 +1138,11 @@ SCENARIOS: dict[str, Callable[[str, str], Result]] = {
     "sqlite_memory": sqlite_memory,
     "pool": pool,
     "pool_warmed_up": lambda vendor, engine: pool(vendor, engine, warm_up_only=True),
-    "libc_fork_strict_atomic": lambda vendor, engine: fork_in_atomic(vendor, engine, libc_fork, strict=True),
     "post_fork_signal": post_fork_signal(os.fork),
     "libc_fork_post_fork_signal": post_fork_signal(libc_fork),
     **{
         f"libc_fork_{trigger}": libc_fork_then(trigger)
-        for trigger in (
-            "close",
-            "close_all",
-            "close_old_connections",
-            "request_started",
-            "middleware",
-            "async_middleware",
-            "drop_then_request",
-            "strict_query",
-        )
+        for trigger in LIBC_FORK_TRIGGERS
     },
 }
 
@@ -848,4 +1151,6 @@ _scenario_pid = os.getpid()
 if __name__ == "__main__":
     name, vendor, engine = sys.argv[1:4]
     observations = SCENARIOS[name](vendor, engine)
-    print(json.dumps(observations))
+    from django_forksafe import detection
+
+    print(json.dumps({**observations, "detection": detection.METHOD}))

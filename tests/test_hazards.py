@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 from tests import dbconfig
-from tests.hazards import SCENARIOS
+from tests.hazards import LIBC_FORK_TRIGGERS, SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)
 LOST_SESSION = ("Lost connection", "gone away", "server closed the connection")
 
 
-def run(scenario: str, vendor: str, engine: str = "forksafe") -> dict[str, Any]:
+def run(scenario: str, vendor: str, engine: str = "forksafe", **env: str) -> dict[str, Any]:
     assert scenario in SCENARIOS
     needed = dbconfig.SERVER_VENDORS if scenario == "several_aliases" else (vendor,)
     for name in needed:
@@ -32,14 +32,13 @@ def run(scenario: str, vendor: str, engine: str = "forksafe") -> dict[str, Any]:
             if dbconfig.in_ci():
                 pytest.fail(reason)
             pytest.skip(reason)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.run(
         [sys.executable, "-m", "tests.hazards", scenario, vendor, engine],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
     )
     assert process.returncode == 0, process.stderr
     result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
@@ -125,29 +124,99 @@ def test_control_child_shares_parent_session(vendor: str) -> None:
     assert result["child_session"] == result["parent_session"]
 
 
+FORK_IN_ATOMIC = ["fork_in_atomic", "fork_in_nested_atomic", "libc_fork_in_atomic"]
+
+
 @SERVERS
-def test_fork_inside_atomic(vendor: str) -> None:
-    result = run("fork_in_atomic", vendor)
-    # A query in the inherited block raises Django's own error...
-    assert result["query_in_block"] == (
-        "ProgrammingError: Cannot open a new connection in an atomic block."
-    )
-    # ...leaving it sent neither COMMIT (nobody else sees the row) nor
-    # ROLLBACK (the parent still does)...
-    assert result["others_see_row_before_rollback"] is False
+@pytest.mark.parametrize("scenario", FORK_IN_ATOMIC)
+def test_child_forked_inside_atomic_is_a_process_of_its_own(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    # Inside the inherited block the child writes, in autocommit, on a
+    # session of its own...
+    assert "error_in_block" not in result and "error_leaving_block" not in result, result
+    assert result["session_in_block"] != result["parent_session"]
+    # ...leaving the block committed nothing of the parent's...
+    assert result["committed_before_rollback"] == [2, 3]
     assert result["parent_sees_own_row"] is True
-    # ...after the block the child has a session of its own...
-    assert result["child_session_after_block"] != result["parent_session"]
-    # ...and the parent's rollback undid everything.
-    assert result["rows_after_parent_rollback"] == 0
+    # ...nor ran the parent's on_commit callbacks...
+    assert result["on_commit_ran_in_child"] is False
+    assert result["session_after_block"] == result["session_in_block"]
+    # ...and the parent's rollback undid its own row, never the child's.
+    assert result["committed_after_rollback"] == [2, 3]
+    assert result["parent_on_commit_ran"] == []
     assert result["parent_same_session"]
 
 
 @SERVERS
-def test_control_child_leaving_atomic_commits_parent_transaction(vendor: str) -> None:
-    result = run("fork_in_atomic", vendor, "plain")
-    assert result["others_see_row_before_rollback"] is True
-    assert result["rows_after_parent_rollback"] == 1
+@pytest.mark.parametrize("scenario", FORK_IN_ATOMIC)
+def test_control_child_leaving_atomic_commits_parent_transaction(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor, "plain")
+    assert result["session_in_block"] == result["parent_session"]
+    assert 1 in result["committed_before_rollback"]
+    if scenario == "fork_in_nested_atomic":  # The child released the parent's savepoint.
+        assert "does not exist" in result["error_leaving_block"]
+    assert 1 in result["committed_after_rollback"]
+    assert result["on_commit_ran_in_child"] is True
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", ["fork_in_atomic_child_only_leaves", "libc_fork_in_atomic_child_only_leaves"])
+def test_leaving_inherited_atomic_sends_nothing_and_opens_nothing(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    assert "error_after_block" not in result, result
+    assert result["connected_after_leaving"] is False
+    assert result["committed_before_rollback"] == [3]  # Written after leaving.
+    assert result["session_after_block"] != result["parent_session"]
+    assert result["on_commit_ran_in_child"] is False
+    assert result["committed_after_rollback"] == [3]
+    assert result["parent_same_session"]
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", ["fork_in_atomic_child_only_leaves", "libc_fork_in_atomic_child_only_leaves"])
+def test_control_leaving_inherited_atomic_commits(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor, "plain")
+    assert result["committed_before_rollback"] == [1, 3]
+    assert result["on_commit_ran_in_child"] is True
+
+
+@SERVERS
+def test_child_killed_inside_atomic_takes_only_its_own_session(vendor: str) -> None:
+    result = run("child_killed_in_atomic", vendor)
+    assert result["child_killed"]
+    assert result["visible_to_others"] == [2]  # The parent's write, committed.
+    assert result["parent_same_session"]
+
+
+@SERVERS
+def test_control_child_killed_inside_atomic_leaves_parent_in_its_transaction(vendor: str) -> None:
+    result = run("child_killed_in_atomic", vendor, "plain")
+    assert result["child_killed"]
+    assert result["visible_to_others"] == []
+
+
+POOLS_IN_ATOMIC = ["multiprocessing_pool_started_in_atomic", "process_pool_executor_started_in_atomic"]
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", POOLS_IN_ATOMIC)
+def test_process_pool_started_inside_atomic_keeps_serving(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    tasks = result["tasks"]
+    assert [task.get("error") for task in tasks] == [None] * 8
+    assert result["committed"] == [1, 2, 3, 4, 5, 6, 7, 8]  # Not the parent's 0.
+    assert result["parent_session"] not in {task["session"] for task in tasks}
+    # Each worker kept one session of its own.
+    assert len({(task["pid"], task["session"]) for task in tasks}) == len({task["pid"] for task in tasks})
+    assert result["parent_same_session"]
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", POOLS_IN_ATOMIC)
+def test_control_process_pool_started_inside_atomic(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor, "plain")
+    # The workers wrote into the parent's transaction, and lost 1-4 with it.
+    assert not {1, 2, 3, 4} & set(result["committed"])
 
 
 @SERVERS
@@ -183,18 +252,12 @@ def test_registry_does_not_leak_in_parent(vendor: str) -> None:
     assert result["new_sessions"] == []
 
 
-LIBC_FORK_DETECTIONS = [
-    "libc_fork_close",
-    "libc_fork_close_all",
-    "libc_fork_close_old_connections",
-    "libc_fork_request_started",
-    "libc_fork_drop_then_request",
-]
+LIBC_FORK_DETECTIONS = [f"libc_fork_{trigger}" for trigger in LIBC_FORK_TRIGGERS]
 
 
 @SERVERS
 @pytest.mark.parametrize("scenario", LIBC_FORK_DETECTIONS)
-def test_fork_without_at_fork_handlers_detected_by_pid(scenario: str, vendor: str) -> None:
+def test_fork_without_at_fork_handlers_noticed_before_first_byte(scenario: str, vendor: str) -> None:
     result = run(scenario, vendor)
     assert_child_reconnected(result)
     assert_kept_session(result)
@@ -206,12 +269,74 @@ def test_fork_without_at_fork_handlers_detected_by_pid(scenario: str, vendor: st
         (scenario, vendor)
         for scenario in LIBC_FORK_DETECTIONS
         for vendor in dbconfig.SERVER_VENDORS
-        # psycopg sends nothing from its deallocator: no failure to show.
+        # psycopg sends nothing from its deallocator, and the child's new
+        # wrapper opens a session of its own: no failure to show.
         if (scenario, vendor) != ("libc_fork_drop_then_request", "postgresql")
     ],
 )
 def test_control_fork_without_at_fork_handlers(scenario: str, vendor: str) -> None:
-    assert_lost_session(run(scenario, vendor, "plain"))
+    result = run(scenario, vendor, "plain")
+    if result["parent_error"] is None:
+        # Nothing broke yet: the child is running on the parent's session.
+        assert result["child_session"] == result["parent_session"]
+    else:
+        assert_lost_session(result)
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", ["libc_fork_query", "libc_fork_in_atomic", "libc_fork_child_exits"])
+def test_getpid_fallback(scenario: str, vendor: str) -> None:
+    """Where the kernel refuses MADV_WIPEONFORK, os.getpid() does the same."""
+    result = run(scenario, vendor, DJANGO_FORKSAFE_DETECTION="getpid")
+    assert result["detection"] == "getpid"
+    if scenario == "libc_fork_in_atomic":
+        assert result["committed_after_rollback"] == [2, 3]
+    else:
+        assert_kept_session(result)
+
+
+@SERVERS
+def test_libc_fork_concurrent_first_queries(vendor: str) -> None:
+    result = run("libc_fork_concurrent", vendor)
+    assert result["detection"] == "MADV_WIPEONFORK"
+    processes = [result["parent"], *result["children"]]
+    assert [process["wrong_replies"] for process in processes] == [0] * len(processes)
+    sessions = [process["sessions"] for process in processes]
+    assert all(len(process_sessions) == 1 for process_sessions in sessions)
+    assert len({process_sessions[0] for process_sessions in sessions}) == len(processes)
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_libc_forked_child_exiting_keeps_parent_session(vendor: str) -> None:
+    result = run("libc_fork_child_exits", vendor)
+    assert result["child_exit_status"] == 0
+    assert_kept_session(result)
+
+
+def test_control_libc_forked_child_exiting_ends_parent_session() -> None:
+    # psycopg sends nothing from its deallocator, so only MySQL has a control.
+    assert_lost_session(run("libc_fork_child_exits", "mysql", "plain"))
+
+
+@SERVERS
+def test_at_fork_handler_silences_before_the_child_runs(vendor: str) -> None:
+    # Only the at-fork handler runs before the child closes the driver's
+    # connection itself; no checkout is involved.
+    assert_kept_session(run("child_closes_raw_connection", vendor))
+
+
+@SERVERS
+def test_control_child_closes_raw_connection(vendor: str) -> None:
+    assert_lost_session(run("child_closes_raw_connection", vendor, "plain"))
+
+
+@SERVERS
+@pytest.mark.parametrize("scenario", ["registry_lock_held_at_fork", "signal_lock_held_at_fork"])
+def test_lock_held_by_another_thread_at_fork_cannot_deadlock_child(scenario: str, vendor: str) -> None:
+    result = run(scenario, vendor)
+    assert_child_reconnected(result)
+    assert_kept_session(result)
 
 
 @SERVERS
@@ -239,30 +364,9 @@ def test_post_fork_signal_once_after_invalidation(scenario: str, vendor: str) ->
         {"parent_pid": result["parent_pid"], "aliases": ["default"], "connection": True}
     ]
     assert result["parent_signals"] == []
+    # Through Python's fork, the at-fork handler sent it before the child ran.
+    assert result["signalled_at_start"] == (1 if scenario == "post_fork_signal" else 0)
     assert_kept_session(result)
-
-
-@SERVERS
-def test_strict_mode_checks_pid_on_checkout(vendor: str) -> None:
-    result = run("libc_fork_strict_query", vendor)
-    assert result["child_session"] != result["parent_session"]
-    assert_kept_session(result)
-
-
-@SERVERS
-def test_strict_mode_fork_inside_atomic(vendor: str) -> None:
-    """A fork that skips the at-fork handlers, inside atomic(): strict mode
-    notices on the first query, and leaving the block sends no COMMIT."""
-    result = run("libc_fork_strict_atomic", vendor)
-    assert result["query_in_block"] == "ProgrammingError: Cannot open a new connection in an atomic block."
-    assert result["others_see_row_before_rollback"] is False
-    assert result["rows_after_parent_rollback"] == 0
-
-
-@SERVERS
-def test_control_strict_mode_query_shares_session(vendor: str) -> None:
-    result = run("libc_fork_strict_query", vendor, "plain")
-    assert result["child_session"] == result["parent_session"]
 
 
 def test_several_aliases_and_vendors() -> None:
@@ -347,7 +451,7 @@ def test_control_connection_pool_children_use_parent_sessions() -> None:
 def test_third_party_backend_made_forksafe(scenario: str) -> None:
     result = run(scenario, "postgresql", "thirdparty-forksafe")
     if scenario == "fork_in_atomic":
-        assert result["rows_after_parent_rollback"] == 0
+        assert result["committed_after_rollback"] == [2, 3]
     else:
         assert_kept_session(result)
     if scenario == "child_queries":

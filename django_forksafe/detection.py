@@ -1,0 +1,74 @@
+"""
+Knowing, with one memory load and no system call, whether this process is
+the one whose connections the registry holds, whatever kind of fork made it.
+
+``PROCESS_MARK[0]`` reads 1 in the process that armed it and 0 in any child,
+forked through Python or behind its back (uWSGI, C extensions calling
+``fork()``): the mark is a private anonymous page marked ``MADV_WIPEONFORK``
+(Linux 4.14 and later), which the kernel hands to every child zero-filled.
+Where the kernel refuses that, the mark compares ``os.getpid()`` instead, as
+redis-py does on every checkout: a system call, but the same answer.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Final, Protocol
+
+# Not exported by CPython's mmap module on every build (<linux/mman.h>: 18).
+MADV_WIPEONFORK: Final = getattr(mmap, "MADV_WIPEONFORK", 18)
+WIPEONFORK: Final = "MADV_WIPEONFORK"
+GETPID: Final = "getpid"
+
+# For tests and benchmarks: force the fallback (DJANGO_FORKSAFE_DETECTION=getpid).
+_FORCE_ENV = "DJANGO_FORKSAFE_DETECTION"
+
+
+class ProcessMark(Protocol):
+    def __getitem__(self, index: int, /) -> int: ...
+
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
+class PidMark:
+    """The fallback mark: 1 in the process that last armed it, else 0."""
+
+    __slots__ = ("_pid",)
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+
+    def __getitem__(self, index: int, /) -> int:
+        return 1 if os.getpid() == self._pid else 0
+
+    def __setitem__(self, index: int, value: int, /) -> None:
+        self._pid = os.getpid() if value else -1
+
+
+def wipe_on_fork_page() -> mmap.mmap | None:
+    """An armed page the kernel zeroes in every child, or None if refused."""
+    if not hasattr(mmap, "MAP_ANONYMOUS") or not hasattr(mmap.mmap, "madvise"):
+        return None
+    page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        page.madvise(MADV_WIPEONFORK)
+    except OSError:  # EINVAL: a kernel before 4.14, or not Linux.
+        page.close()
+        return None
+    page[0] = 1
+    return page
+
+
+def make_mark(method: str | None = None) -> tuple[ProcessMark, str]:
+    """The best mark this kernel offers (or `method`, if named), armed."""
+    if method != GETPID:
+        page = wipe_on_fork_page()
+        if page is not None:
+            return page, WIPEONFORK
+    return PidMark(), GETPID
+
+
+PROCESS_MARK: ProcessMark
+METHOD: str
+PROCESS_MARK, METHOD = make_mark(os.environ.get(_FORCE_ENV) or None)
