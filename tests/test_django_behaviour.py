@@ -200,20 +200,6 @@ def test_dbshell(alias: str) -> None:
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
-def test_strict_mode_read_when_connecting(alias: str) -> None:
-    connection = connections[alias]
-    if connection.vendor == "sqlite":
-        pytest.skip("Django never closes a test SQLite database")
-    connection.close()
-    with override_settings(FORKSAFE_STRICT=True):
-        connection.ensure_connection()
-        assert "ensure_connection" in vars(connection)
-        connection.close()
-    connection.ensure_connection()
-    assert "ensure_connection" not in vars(connection)
-
-
-@pytest.mark.django_db(transaction=True, databases="__all__")
 def test_connect_over_an_open_connection_forgets_the_old_one(alias: str) -> None:
     connection = connections[alias]
     if connection.vendor == "sqlite":

@@ -49,10 +49,11 @@ def test_control_child_close_ends_parent_pgbouncer_connection() -> None:
 
 def test_fork_inside_atomic_through_pgbouncer() -> None:
     result = run("fork_in_atomic", "postgresql")
-    assert result["query_in_block"] == "ProgrammingError: Cannot open a new connection in an atomic block."
-    assert result["others_see_row_before_rollback"] is False
-    assert result["rows_after_parent_rollback"] == 0
+    assert "error_in_block" not in result and "error_leaving_block" not in result, result
+    # The child's writes committed on its own; the parent's row stayed its own.
+    assert result["committed_before_rollback"] == [2, 3]
+    assert result["committed_after_rollback"] == [2, 3]
 
 
 def test_control_fork_inside_atomic_through_pgbouncer() -> None:
-    assert run("fork_in_atomic", "postgresql", "plain")["rows_after_parent_rollback"] == 1
+    assert 1 in run("fork_in_atomic", "postgresql", "plain")["committed_after_rollback"]
