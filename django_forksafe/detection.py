@@ -21,6 +21,11 @@ MADV_WIPEONFORK: Final = getattr(mmap, "MADV_WIPEONFORK", 18)
 WIPEONFORK: Final = "MADV_WIPEONFORK"
 GETPID: Final = "getpid"
 
+DESCRIPTION: Final = {
+    WIPEONFORK: "one memory load per checkout, no system call",
+    GETPID: "the kernel refused MADV_WIPEONFORK: one getpid() system call per checkout",
+}
+
 # For tests and benchmarks: force the fallback (DJANGO_FORKSAFE_DETECTION=getpid).
 _FORCE_ENV = "DJANGO_FORKSAFE_DETECTION"
 

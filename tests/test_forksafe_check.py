@@ -45,6 +45,7 @@ def test_forksafe_engine_closes_every_hazard(vendor: str) -> None:
     status, result = check_json(vendor, "forksafe")
     assert status == 0
     assert result["forksafe"] and result["reachable"]
+    assert result["fork_detection"] == "MADV_WIPEONFORK"  # This kernel supports it.
     assert [hazard["safe"] for hazard in result["hazards"]] == [True] * 5, result
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from django_forksafe import detection
 from django_forksafe.backends import suggest_engine
 from django_forksafe.probe import HAZARDS
 from django_forksafe.wrapper import ForkSafeMixin
@@ -73,7 +74,9 @@ class Command(BaseCommand):
             forksafe = issubclass(connections[alias].__class__, ForkSafeMixin)
         except Exception:  # An ENGINE that cannot even be loaded.
             forksafe = False
-        result: dict[str, Any] = {"alias": alias, "engine": engine, "forksafe": forksafe, "hazards": []}
+        result: dict[str, Any] = {
+            "alias": alias, "engine": engine, "forksafe": forksafe, "fork_detection": detection.METHOD, "hazards": []
+        }
         self.progress(f"{alias}: connecting...")
         reachable = self.probe(alias, "reachable", timeout)
         result["reachable"] = reachable["safe"]
@@ -112,6 +115,7 @@ class Command(BaseCommand):
 
     def write_table(self, results: list[dict[str, Any]]) -> None:
         width = max(len(hazard) for hazard in HAZARDS)
+        self.stdout.write(f"Fork detection: {detection.METHOD} ({detection.DESCRIPTION[detection.METHOD]})")
         for result in results:
             self.stdout.write(self.style.MIGRATE_HEADING(f"{result['alias']}  ({result['engine']})"))
             if not result["reachable"]:
