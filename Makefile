@@ -11,29 +11,36 @@ space := $(empty) $(empty)
 export PATH := $(PATH)$(if $(PYENV_BINS),:$(subst $(space),:,$(PYENV_BINS)))
 TEST_ENVS ?= py311-django52,py313-django61,py312-django52-psycopg2,spatialite,mypy
 
-.PHONY: demo test tox benchmark clean
+.PHONY: demo test tox benchmark clean machine
+PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check --no-input
+
+# System packages, database servers and test databases (see the script).
+machine:
+	@bash tests/machine/setup.sh
 
 $(VENV)/bin/python:
+	@echo "--- virtualenv in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(PIP) install --upgrade pip
 
 $(VENV)/.demo: $(VENV)/bin/python
-	$(VENV)/bin/pip install --quiet -e . 'psycopg[binary]'
+	@echo "--- installing django-forksafe and the drivers"
+	$(PIP) install . 'psycopg[binary]' 2>&1 | grep -v -i warning || true
 	@# mysqlclient compiles against libmariadb-dev: MariaDB is shown only if it builds.
-	$(VENV)/bin/pip install --quiet mysqlclient || echo "mysqlclient did not build: skipping MariaDB"
+	$(PIP) install mysqlclient || echo "mysqlclient did not build: skipping MariaDB"
 	touch $@
 
 $(VENV)/bin/tox: $(VENV)/bin/python
-	$(VENV)/bin/pip install --quiet tox
+	$(PIP) install tox
 
-demo: $(VENV)/.demo
+demo: machine $(VENV)/.demo
 	$(VENV)/bin/python testproject/demo.py
 
-test: $(VENV)/bin/tox
-	$(VENV)/bin/tox run -e $(TEST_ENVS)
+test: machine $(VENV)/bin/tox
+	$(VENV)/bin/tox run -q -e $(TEST_ENVS)
 
-tox: $(VENV)/bin/tox
-	$(VENV)/bin/tox run
+tox: machine $(VENV)/bin/tox
+	$(VENV)/bin/tox run -q
 
 benchmark: $(VENV)/.demo
 	$(VENV)/bin/pip install --quiet gunicorn pytest
