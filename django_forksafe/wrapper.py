@@ -26,7 +26,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     mark (see detection), one memory load.
     """
 
-    @property  # type: ignore[override]
+    @property
     def atomic_blocks(self) -> AtomicBlocks:
         return self._forksafe_atomic_blocks
 
