@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.core.signals import request_started
@@ -35,12 +37,15 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         # Django's __init__() and connect() assign plain lists.
         self._forksafe_atomic_blocks = AtomicBlocks(blocks)
 
-    def ensure_connection(self) -> None:
-        # The query path: cursor(), get/set_autocommit(), savepoints. Inline,
-        # so that a process that did not fork pays one load and one branch.
-        if not PROCESS_MARK[0]:
-            registry.invalidate_if_forked()
-        super().ensure_connection()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if ForkSafeMixin in cls.__bases__ and "ensure_connection" not in vars(cls):
+            # The query path (cursor(), get/set_autocommit(), savepoints): one
+            # frame that calls the next ensure_connection() in the MRO directly,
+            # without super()'s lookup (a third of the cost, on CPython 3.11).
+            after_mixin = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1 :]
+            next_in_mro = next(vars(klass)["ensure_connection"] for klass in after_mixin if "ensure_connection" in vars(klass))
+            cls.ensure_connection = _checking_fork(next_in_mro)  # type: ignore[method-assign,assignment]
 
     def connect(self) -> None:
         registry.invalidate_if_forked()
@@ -117,6 +122,16 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.autocommit = False  # As before the first connect().
         self.errors_occurred = False
         self.health_check_done = False
+
+
+def _checking_fork(ensure_connection: Callable[[Any], None]) -> Callable[[Any], None]:
+    def checked_ensure_connection(self: Any) -> None:
+        # A process that did not fork pays one memory load and one branch.
+        if not PROCESS_MARK[0]:
+            registry.invalidate_if_forked()
+        ensure_connection(self)
+
+    return functools.update_wrapper(checked_ensure_connection, ensure_connection)
 
 
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:

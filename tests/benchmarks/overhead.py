@@ -1,13 +1,15 @@
 """
 Per-query overhead of the forksafe ENGINEs against Django's plain ones.
 
-Runs both side by side in one process, alternating rounds, and prints the
-median ratio of per-query time for ``cursor().execute("SELECT 1")``, for the
-default and the strict mode, on in-memory SQLite, MariaDB and PostgreSQL
-(servers that do not answer are left out). Then the time a child spends
-invalidating its inherited connections, with 1 and with 10 aliases; then
-gunicorn --preload's throughput on the forksafe ENGINE against the plain
-ENGINE without preload (tests/benchmarks/gunicorn_throughput.py).
+Runs them side by side in one process, alternating rounds, and prints the
+median ratio of per-query time for ``cursor().execute("SELECT 1")`` on a
+SQLite file on tmpfs, MariaDB and PostgreSQL (servers that do not answer are
+left out): the forksafe ENGINE as shipped (MADV_WIPEONFORK), its getpid()
+fallback, and Django's plain ENGINE against itself (the noise floor). Then
+the system calls per query of each, counted with ``strace -c``; then the time
+a child spends invalidating its inherited connections, with 1 and with 10
+aliases; then gunicorn --preload's throughput on the forksafe ENGINE against
+the plain ENGINE without preload (tests/benchmarks/gunicorn_throughput.py).
 
     python -m tests.benchmarks.overhead [--rounds 15]
 """
@@ -20,17 +22,42 @@ import gc
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
 import django
 from django.conf import settings
+from django.db.backends.base.base import BaseDatabaseWrapper
 
+from django_forksafe import registry
+from django_forksafe.detection import PidMark
+from django_forksafe.wrapper import ForkSafeMixin
 from tests import dbconfig
 
 QUERIES = {"sqlite3": 20000, "mysql": 3000, "postgresql": 3000}
+# Plain twice: their ratio is the noise floor of the measurement.
+VARIANTS = ("plain", "plain_again", "forksafe", "getpid")
+SQLITE_FILE = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), "forksafe-bench.sqlite3")
+_PID_MARK = PidMark()
+
+
+def with_getpid_checkout(wrapper_class: type[Any]) -> type[Any]:
+    """The forksafe wrapper as it runs where the kernel refuses
+    MADV_WIPEONFORK: the same checkout, reading the getpid() mark."""
+
+    class GetpidCheckout(wrapper_class):  # type: ignore[misc,valid-type]
+        def ensure_connection(self) -> None:
+            if not _PID_MARK[0]:
+                registry.invalidate_if_forked()
+            super(ForkSafeMixin, self).ensure_connection()
+
+    return GetpidCheckout
 
 
 def run_queries(connection: Any, queries: int) -> tuple[float, float]:
@@ -42,60 +69,76 @@ def run_queries(connection: Any, queries: int) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def wrappers(vendor: str) -> dict[str, Any]:
+def wrapper(vendor: str, variant: str) -> BaseDatabaseWrapper:
     from django.db.utils import ConnectionHandler
 
-    name = {"NAME": ":memory:"} if vendor == "sqlite3" else {}
-    handler = ConnectionHandler(
-        {
-            "default": {},  # Django requires one; the dummy backend.
-            "plain": dbconfig.database(vendor, "plain", **name),
-            "forksafe": dbconfig.database(vendor, **name),
-            "strict": dbconfig.database(vendor, **name),
-        }
-    )
-    found = {alias: handler[alias] for alias in ("plain", "forksafe", "strict")}
-    for alias, connection in found.items():
-        settings.FORKSAFE_STRICT = alias == "strict"  # Read when connecting.
-        connection.ensure_connection()
-    settings.FORKSAFE_STRICT = False
-    return found
+    name = {"NAME": SQLITE_FILE} if vendor == "sqlite3" else {}
+    engine = "plain" if variant.startswith("plain") else "forksafe"
+    handler = ConnectionHandler({"default": {}, variant: dbconfig.database(vendor, engine, **name)})
+    connection: BaseDatabaseWrapper = handler[variant]
+    if variant == "getpid":
+        connection.__class__ = with_getpid_checkout(type(connection))
+    connection.ensure_connection()
+    return connection
 
 
 def compare(vendor: str, rounds: int) -> dict[str, float]:
-    """Median over rounds of each wrapper's per-query time over the plain
-    one's. All three wrappers send through the plain one's raw connection:
-    on loopback, two server sessions can differ in latency severalfold (where
+    """Median over rounds of each variant's per-query time over the plain
+    one's. All variants send through the plain one's raw connection: on
+    loopback, two server sessions can differ in latency severalfold (where
     the scheduler puts their threads), which would swamp what is measured."""
-    connections = wrappers(vendor)
+    connections = {variant: wrapper(vendor, variant) for variant in VARIANTS}
     queries = QUERIES[vendor]
-    order = list(connections)
-    own_raw = {alias: connection.connection for alias, connection in connections.items()}
-    for alias in order:
-        connections[alias].connection = own_raw["plain"]
-    for alias in order:  # Warm up.
-        run_queries(connections[alias], queries // 10)
+    own_raw = {variant: connection.connection for variant, connection in connections.items()}
+    for connection in connections.values():
+        connection.connection = own_raw["plain"]
+    for connection in connections.values():  # Warm up.
+        run_queries(connection, queries // 10)
     ratios: dict[str, list[float]] = {}
     plain_wall: list[float] = []
-    batch = 100  # Interleave finely, so that drift hits all wrappers alike.
+    batch = 100  # Interleave finely, so that drift hits all variants alike.
+    order = list(VARIANTS)
     for round_number in range(rounds):
         wall, cpu = dict.fromkeys(order, 0.0), dict.fromkeys(order, 0.0)
         for batch_number in range(queries // batch):
-            for alias in order if (round_number + batch_number) % 2 else reversed(order):
-                batch_wall, batch_cpu = run_queries(connections[alias], batch)
-                wall[alias] += batch_wall
-                cpu[alias] += batch_cpu
+            for variant in order if (round_number + batch_number) % 2 else reversed(order):
+                batch_wall, batch_cpu = run_queries(connections[variant], batch)
+                wall[variant] += batch_wall
+                cpu[variant] += batch_cpu
         plain_wall.append(wall["plain"] / queries)
-        for alias in ("forksafe", "strict"):
-            ratios.setdefault(f"{alias}_wall", []).append(wall[alias] / wall["plain"])
-            ratios.setdefault(f"{alias}_cpu", []).append(cpu[alias] / cpu["plain"])
-    for alias, connection in connections.items():
-        connection.connection = own_raw[alias]
+        for variant in order[1:]:
+            ratios.setdefault(f"{variant}_wall", []).append(wall[variant] / wall["plain"])
+            ratios.setdefault(f"{variant}_cpu", []).append(cpu[variant] / cpu["plain"])
+    for variant, connection in connections.items():
+        connection.connection = own_raw[variant]
         connection.close()
     return {
         "plain_us": statistics.median(plain_wall) * 1e6,
         **{key: statistics.median(values) for key, values in ratios.items()},
     }
+
+
+def syscalls(vendor: str, variant: str, queries: int) -> dict[str, int]:
+    """System calls, by name and in total, of a process that runs `queries` queries."""
+    with tempfile.NamedTemporaryFile(mode="r") as output:
+        subprocess.run(
+            ["strace", "-f", "-c", "-o", output.name, sys.executable, "-m", "tests.benchmarks.overhead",
+             "--queries-only", vendor, variant, str(queries)],
+            check=True,
+        )
+        counts: dict[str, int] = {}
+        for line in output.read().splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[3].isdigit():
+                counts[fields[-1]] = int(fields[3])
+    return counts
+
+
+def syscalls_per_query(vendor: str, variant: str) -> dict[str, float]:
+    """The difference between 6000 queries and 1000, per query: what the
+    process does besides the queries cancels out."""
+    many, few = syscalls(vendor, variant, 6000), syscalls(vendor, variant, 1000)
+    return {name: (many.get(name, 0) - few.get(name, 0)) / 5000 for name in many}
 
 
 def invalidation_microseconds(vendor: str, aliases: int, rounds: int, warm: bool) -> float:
@@ -141,19 +184,34 @@ def main() -> None:
         "--gunicorn-rounds", type=int, default=5,
         help="Rounds of the gunicorn throughput comparison (0 to leave it out).",
     )
+    parser.add_argument("--queries-only", nargs=3, metavar=("VENDOR", "VARIANT", "QUERIES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     settings.configure(DATABASES={}, USE_TZ=True)
     django.setup()
+    if args.queries_only:  # Under strace, for syscalls().
+        vendor, variant, queries = args.queries_only
+        run_queries(wrapper(vendor, variant), int(queries))
+        return
     print(f"{time.strftime('%Y-%m-%d')}, {platform.python_implementation()} "
           f"{platform.python_version()}, Django {django.get_version()}, "
           f"{os.cpu_count()} CPUs, median of {args.rounds} alternating rounds")
-    print("per-query time, forksafe and strict over plain (wall clock; client CPU):")
-    print(f"{'database':<12} {'plain µs':>9} {'forksafe':>9} {'(CPU)':>7} {'strict':>8} {'(CPU)':>7}")
+    print("per-query time over plain (wall clock; client CPU), and system calls per query:")
+    print(f"{'database':<11} {'plain µs':>8} {'plain/plain':>14} {'forksafe':>14} {'getpid':>14}"
+          "   system calls per query (of which getpid): plain, forksafe, getpid")
     available = [v for v in ("sqlite3", *dbconfig.SERVER_VENDORS) if not dbconfig.unreachable_reason(v)]
     for vendor in available:
         row = compare(vendor, args.rounds)
-        print(f"{vendor:<12} {row['plain_us']:>9.2f} {row['forksafe_wall']:>9.3f} "
-              f"{row['forksafe_cpu']:>7.3f} {row['strict_wall']:>8.3f} {row['strict_cpu']:>7.3f}")
+        ratios = "".join(
+            f" {row[f'{variant}_wall']:>6.3f} ({row[f'{variant}_cpu']:.3f})" for variant in VARIANTS[1:]
+        )
+        counts = ""
+        if shutil.which("strace"):
+            for variant in ("plain", "forksafe", "getpid"):
+                per_query = syscalls_per_query(vendor, variant)
+                counts += f" {per_query['total']:.2f} ({per_query.get('getpid', 0.0):.2f})"
+        print(f"{vendor:<11} {row['plain_us']:>8.2f}{ratios}  {counts}")
+    if os.path.exists(SQLITE_FILE):
+        os.remove(SQLITE_FILE)
     print("\nchild's invalidation of inherited connections (no network I/O), µs:")
     print(f"{'database':<12} {'aliases':>7} {'fresh child':>12} {'warm child':>11}")
     for vendor in (v for v in available if v != "sqlite3"):
