@@ -216,21 +216,6 @@ def test_gunicorn_preload(vendor: str, worker_class: str, tmp_path: Path) -> Non
     assert unexpected_tracebacks(tmp_path / "gunicorn.log") == []
 
 
-def test_gunicorn_explicit_post_fork_hook(tmp_path: Path) -> None:
-    """The documented gunicorn.conf.py works (and changes nothing)."""
-    require("postgresql", "gunicorn")
-    prepare("postgresql")
-    config = tmp_path / "gunicorn.conf.py"
-    config.write_text("from django_forksafe.contrib.gunicorn import post_fork  # noqa: F401\n")
-    port = free_port()
-    env = project_env("postgresql", "forksafe", FORKSAFE_CONN_MAX_AGE="600")
-    command = [*gunicorn_command(port, "sync"), "--config", str(config)]
-    with running(command, env, port, tmp_path / "gunicorn.log"):
-        responses = hammer(port)
-    assert_all_right(responses)
-    assert unexpected_tracebacks(tmp_path / "gunicorn.log") == []
-
-
 @SERVERS
 def test_control_gunicorn_preload(vendor: str, tmp_path: Path) -> None:
     require(vendor, "gunicorn")
