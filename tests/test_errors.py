@@ -20,11 +20,25 @@ from tests.test_hazards import ROOT
 def test_unknown_engine_lists_available_engines() -> None:
     with pytest.raises(ImproperlyConfigured) as excinfo:
         load_backend("django_forksafe.backends.nosuch")
-    message = str(excinfo.value)
+    assert "Check the above exception" in str(excinfo.value)
+    message = str(excinfo.value.__cause__)  # "The above exception".
     assert "'django_forksafe.backends.nosuch' is not a django-forksafe ENGINE" in message
     for vendor in ("mysql", "postgresql", "sqlite3"):
         assert f"'django_forksafe.backends.{vendor}'" in message
     assert "forksafe()" in message
+
+
+def test_unknown_names_are_missing_modules_to_importlib() -> None:
+    import importlib.util
+
+    import django_forksafe.backends
+    from django.utils.module_loading import module_has_submodule
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.util.find_spec("django_forksafe.backends.nosuch")
+    assert not module_has_submodule(django_forksafe.backends, "nosuch")
+    assert module_has_submodule(django_forksafe.backends, "mysql")
+    assert importlib.util.find_spec("some_other_package_entirely") is None
 
 
 def test_known_engines_load() -> None:

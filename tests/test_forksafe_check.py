@@ -52,7 +52,7 @@ def test_forksafe_engine_closes_every_hazard(vendor: str) -> None:
 @pytest.mark.parametrize("vendor", dbconfig.VENDORS)
 def test_plain_engine_hazards_reported_open(vendor: str) -> None:
     status, result = check_json(vendor, "plain")
-    assert status == 1
+    assert status == 3
     assert not result["forksafe"]
     open_hazards = {hazard["hazard"] for hazard in result["hazards"] if not hazard["safe"]}
     assert DETERMINISTIC[vendor] <= open_hazards, result
@@ -62,7 +62,8 @@ def test_table_output_suggests_engine() -> None:
     require("sqlite3")
     prepare("sqlite3")
     process = manage("sqlite3", "plain", "forksafe_check", "--timeout", "10")
-    assert process.returncode == 1
+    assert process.returncode == 3
+    assert "CommandError: Fork hazards open on default." in process.stderr
     assert "child closes" in process.stdout and "OPEN" in process.stdout
     assert "-> use ENGINE = 'django_forksafe.backends.sqlite3'" in process.stdout
 
@@ -71,11 +72,25 @@ def test_unreachable_database_reported_not_raised() -> None:
     process = manage(
         "postgresql", "forksafe", "forksafe_check", "--format", "json", FORKSAFE_PG_PORT=str(free_port())
     )
-    assert process.returncode == 2
+    assert process.returncode == 4
     (result,) = json.loads(process.stdout)
     assert result["reachable"] is False
     assert "Connection refused" in result["error"] or "connection" in result["error"].lower()
     assert "Traceback" not in process.stderr
+
+
+def test_call_command_raises_command_error_with_the_exit_status() -> None:
+    # call_command() callers catch CommandError; the command never sys.exit()s.
+    process = subprocess.run(
+        [sys.executable, "-c", (
+            "import django; django.setup()\n"
+            "from django.core.management import call_command, CommandError\n"
+            "try:\n    call_command('forksafe_check', '--timeout', '10')\n"
+            "except CommandError as error:\n    print('returncode', error.returncode)\n"
+        )],
+        env=project_env("sqlite3", "plain"), capture_output=True, text=True, timeout=120, cwd=PROJECT,
+    )
+    assert "returncode 3" in process.stdout, process.stderr
 
 
 def test_unknown_alias() -> None:

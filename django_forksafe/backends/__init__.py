@@ -1,8 +1,11 @@
 """
 The fork-safe ENGINEs: django_forksafe.backends.<vendor>.
 
-Django reports a missing ENGINE module with a list of its own backends; an
-unknown name under this package gets the list of ours instead.
+Django reports a missing ENGINE module with a list of its own backends and
+"Check the above exception": for an unknown name under this package, the
+exception above is a ModuleNotFoundError that lists ours. It is what any
+import of a missing module raises, so importlib.util.find_spec() and Django's
+module_has_submodule() keep working.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import importlib.machinery
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-
-from django.core.exceptions import ImproperlyConfigured
 
 ENGINES = [
     *(f"{__name__}.{vendor}" for vendor in ("mysql", "postgresql", "sqlite3")),
@@ -43,11 +44,12 @@ class _UnknownEngineFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname.rpartition(".")[0] not in (__name__, f"{__name__}.gis"):
             return None
-        raise ImproperlyConfigured(
+        raise ModuleNotFoundError(
             f"{fullname!r} is not a django-forksafe ENGINE. Available ENGINEs: "
             f"{', '.join(map(repr, ENGINES))}. To make another backend fork-safe, "
             "wrap its DatabaseWrapper with django_forksafe.forksafe() in a base.py "
-            "of your own (see the README)."
+            "of your own (see the README).",
+            name=fullname,
         )
 
 

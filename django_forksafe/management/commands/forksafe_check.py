@@ -21,15 +21,16 @@ from django_forksafe.backends import suggest_engine
 from django_forksafe.probe import HAZARDS
 from django_forksafe.wrapper import ForkSafeMixin
 
-EXIT_HAZARD_OPEN = 1
-EXIT_UNREACHABLE = 2
+# Distinct from CommandError's 1 (bad arguments, unknown alias).
+EXIT_HAZARD_OPEN = 3
+EXIT_UNREACHABLE = 4
 
 
 class Command(BaseCommand):
     help = (
         "Fork real children against each database and report, hazard by hazard, "
-        "whether the parent kept its server session. Exit status 1 when a hazard "
-        "is open, 2 when a database cannot be reached."
+        "whether the parent kept its server session. Exit status 3 when a hazard "
+        "is open, 4 when a database cannot be reached."
     )
     requires_system_checks: list[str] = []
 
@@ -55,10 +56,12 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(results, indent=2))
         else:
             self.write_table(results)
-        if any(hazard["safe"] is False for result in results for hazard in result["hazards"]):
-            sys.exit(EXIT_HAZARD_OPEN)
-        if any(not result["reachable"] for result in results):
-            sys.exit(EXIT_UNREACHABLE)
+        open_aliases = [result["alias"] for result in results if any(not h["safe"] for h in result["hazards"])]
+        if open_aliases:
+            raise CommandError(f"Fork hazards open on {', '.join(open_aliases)}.", returncode=EXIT_HAZARD_OPEN)
+        unreachable = [result["alias"] for result in results if not result["reachable"]]
+        if unreachable:
+            raise CommandError(f"Could not reach {', '.join(unreachable)}.", returncode=EXIT_UNREACHABLE)
 
     progress_shown = False
 
