@@ -162,7 +162,7 @@ def concurrent_use(alias: str) -> Report:
 
     parent.before_fork()
     children = [fork_child(child_work, go=go_read) for _ in range(3)]
-    os.write(go_write, b"go!")
+    os.write(go_write, b"g" * len(children))  # One byte for each child.
     mine = queries()
     reports = [child_report(*child) for child in children]
     if mine["wrong"]:

@@ -19,7 +19,7 @@ from django.test import override_settings
 
 from django_forksafe import ForkSafeMixin, registry
 from django_forksafe.probe import SESSION_SQL
-from tests import dbconfig
+from tests import IMPORT_PATH, dbconfig
 from tests.hazards import Monitor
 from tests.test_hazards import ROOT
 from tests.testapp.models import Item
@@ -121,8 +121,6 @@ def test_execute_wrapper(alias: str) -> None:
 @pytest.mark.parametrize("max_age, kept", [(0, False), (600, True), (None, True)])
 def test_conn_max_age(alias: str, max_age: int | None, kept: bool) -> None:
     connection = connections[alias]
-    if connection.vendor == "sqlite":
-        pytest.skip("Django never closes a test SQLite database")
     connection.close()
     connection.settings_dict["CONN_MAX_AGE"] = max_age
     try:
@@ -193,8 +191,8 @@ def test_dbshell(alias: str) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)},
+        cwd=IMPORT_PATH,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": IMPORT_PATH},
     )
     assert "4321" in process.stdout, process.stderr
 
@@ -202,8 +200,6 @@ def test_dbshell(alias: str) -> None:
 @pytest.mark.django_db(transaction=True, databases="__all__")
 def test_connect_over_an_open_connection_forgets_the_old_one(alias: str) -> None:
     connection = connections[alias]
-    if connection.vendor == "sqlite":
-        pytest.skip("in-memory and test SQLite databases are not recorded")
     connection.ensure_connection()
     old = connection.connection
     connection.connect()  # Django leaves the old one to the garbage collector.

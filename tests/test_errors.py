@@ -14,6 +14,7 @@ from django.db.utils import load_backend
 from django.test import override_settings
 
 from django_forksafe import ForkSafeMixin, forksafe
+from tests import IMPORT_PATH
 from tests.test_hazards import ROOT
 
 
@@ -76,8 +77,8 @@ def test_missing_driver_gives_djangos_message(driver: str, vendor: str) -> None:
             [sys.executable, "-c", hide + f"import {module}"],
             capture_output=True,
             text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=IMPORT_PATH,
+            env={**os.environ, "PYTHONPATH": IMPORT_PATH},
             timeout=60,
         )
         assert process.returncode != 0

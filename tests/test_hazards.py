@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests import dbconfig
+from tests import IMPORT_PATH, dbconfig
 from tests.hazards import LIBC_FORK_TRIGGERS, SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +37,8 @@ def run(scenario: str, vendor: str, engine: str = "forksafe", **env: str) -> dic
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=IMPORT_PATH,
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH, **env},
     )
     assert process.returncode == 0, process.stderr
     result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])

@@ -26,11 +26,15 @@ from typing import Any
 
 import pytest
 
-from tests import dbconfig
+from tests import IMPORT_PATH, dbconfig
 from tests.hazards import Monitor
 from tests.test_hazards import ROOT
 
 PROJECT = ROOT / "testproject"
+# Which products the load asks for: printed in pytest's header, and set by
+# FORKSAFE_SEED to replay a run.
+SEED = int(os.environ.get("FORKSAFE_SEED") or random.SystemRandom().randrange(2**32))
+RANDOM = random.Random(SEED)
 PRODUCTS = 200
 SERVERS = pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)
 
@@ -62,7 +66,7 @@ def project_env(vendor: str, engine: str, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "PATH": bin_path(),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(PROJECT)]),
+        "PYTHONPATH": os.pathsep.join([IMPORT_PATH, str(PROJECT)]),
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
         "FORKSAFE_DB": vendor,
         "FORKSAFE_ENGINE": engine,
@@ -146,7 +150,7 @@ def hammer(port: int, requests: int = 400, clients: int = 8) -> list[dict[str, A
         except Exception as exc:
             return {"asked": pk, "error": f"{type(exc).__name__}: {exc}"}
 
-    pks = [random.randint(1, PRODUCTS) for _ in range(requests)]
+    pks = [RANDOM.randint(1, PRODUCTS) for _ in range(requests)]
     with ThreadPoolExecutor(clients) as pool:
         return list(pool.map(fetch, pks))
 
@@ -295,7 +299,7 @@ def test_celery_prefork_worker(vendor: str, tmp_path: Path) -> None:
     ]
     client = Celery(broker=broker, backend=broker)
     with running(command, env, None, tmp_path / "celery.log") as worker:
-        pks = [random.randint(1, PRODUCTS) for _ in range(150)]
+        pks = [RANDOM.randint(1, PRODUCTS) for _ in range(150)]
         results = [client.send_task("shop.tasks.product_info", args=[pk], queue=queue) for pk in pks]
         outcomes = [{"asked": pk, **result.get(timeout=120)} for pk, result in zip(pks, results, strict=True)]
         stop(worker)  # Warm shutdown: the main process checks its session.
