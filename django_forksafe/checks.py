@@ -66,7 +66,7 @@ def uwsgi_without_hook() -> str | None:
     """Why this uWSGI process's workers are not covered at fork, if they are not."""
     if "uwsgi" not in sys.modules:
         try:
-            import uwsgi  # noqa: F401 - importable only inside a uWSGI process.
+            import uwsgi  # Importable only inside a uWSGI process.
         except ImportError:
             return None
     uwsgi = sys.modules["uwsgi"]

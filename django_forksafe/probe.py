@@ -88,7 +88,7 @@ def fork_child(work: Callable[[], Report], go: int | None = None) -> tuple[int, 
             if go is not None:
                 os.read(go, 1)
             report = work()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:  # Reported to the parent.
             report = {"error": f"{type(exc).__name__}: {exc}"}
         os.write(write_end, json.dumps(report).encode())
         os._exit(0)

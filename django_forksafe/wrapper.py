@@ -44,7 +44,9 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             # frame that calls the next ensure_connection() in the MRO directly,
             # without super()'s lookup (a third of the cost, on CPython 3.11).
             after_mixin = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1 :]
-            next_in_mro = next(vars(klass)["ensure_connection"] for klass in after_mixin if "ensure_connection" in vars(klass))
+            next_in_mro = next(
+                vars(klass)["ensure_connection"] for klass in after_mixin if "ensure_connection" in vars(klass)
+            )
             cls.ensure_connection = _checking_fork(next_in_mro)  # type: ignore[method-assign,assignment]
 
     def connect(self) -> None:

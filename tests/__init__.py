@@ -16,7 +16,8 @@ _HERE = Path(__file__).resolve().parent
 
 
 def _import_path() -> str:
-    directory = Path(tempfile.gettempdir()) / f"forksafe-tests-path-{os.getuid()}-{hashlib.sha1(bytes(_HERE)).hexdigest()[:12]}"
+    digest = hashlib.sha1(bytes(_HERE)).hexdigest()[:12]
+    directory = Path(tempfile.gettempdir()) / f"forksafe-tests-path-{os.getuid()}-{digest}"
     link = directory / "tests"
     if not link.is_symlink():
         directory.mkdir(exist_ok=True)

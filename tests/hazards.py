@@ -53,7 +53,7 @@ def in_child(
             if go is not None:
                 os.read(go, 1)
             result = work()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             result = {"child_error": f"{type(exc).__name__}: {exc}"}
         with os.fdopen(write_end, "w") as pipe:
             json.dump(result, pipe)
@@ -175,7 +175,7 @@ class Parent:
         from django.db import connections
 
         self.alias = alias
-        self.connection = connections[alias]
+        self.connection: Any = connections[alias]
         self.monitor = monitor
         self.session_id = session_id(alias)
         self.raw = self.connection.connection
@@ -347,7 +347,11 @@ def other_thread(vendor: str, engine: str) -> Result:
 
 
 def fork_in_atomic(
-    vendor: str, engine: str, fork: Callable[[], int] = os.fork, child_writes_in_block: bool = True, nested: bool = False
+    vendor: str,
+    engine: str,
+    fork: Callable[[], int] = os.fork,
+    child_writes_in_block: bool = True,
+    nested: bool = False,
 ) -> Result:
     """The parent forks inside transaction.atomic() (with `nested`, inside a
     savepoint too), with an on_commit callback registered, and rolls back
@@ -624,8 +628,8 @@ def _health_check(parent: Parent) -> None:
     # The CONN_HEALTH_CHECKS ping, as at the start of a request.
     from django.db import connection
 
-    connection.health_check_enabled = True
-    connection.health_check_done = False
+    connection.health_check_enabled = True  # type: ignore[attr-defined]
+    connection.health_check_done = False  # type: ignore[attr-defined]
     connection.close_if_health_check_failed()
 
 
@@ -782,8 +786,9 @@ def pool(vendor: str, engine: str, warm_up_only: bool = False) -> Result:
     databases = {"default": dbconfig.database("postgresql", engine, OPTIONS={"pool": pool_options})}
     monitor = setup("postgresql", engine, DATABASES=databases)
     assert monitor is not None
-    from django.db import connection, connections
+    from django.db import connections
 
+    connection: Any = connections["default"]  # With a pool: Django's PostgreSQL wrapper.
     before = monitor.sessions()
     if warm_up_only:
         connection.pool.open(wait=True, timeout=10)

@@ -15,13 +15,11 @@ from django.core.management import call_command
 from django.db import close_old_connections, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.utils import load_backend
-from django.test import override_settings
 
 from django_forksafe import ForkSafeMixin, registry
 from django_forksafe.probe import SESSION_SQL
 from tests import IMPORT_PATH, dbconfig
 from tests.hazards import Monitor
-from tests.test_hazards import ROOT
 from tests.testapp.models import Item
 
 ALIASES = ["default", *dbconfig.SERVER_VENDORS]
@@ -183,7 +181,7 @@ def test_dbshell(alias: str) -> None:
     args = connection.client.settings_to_cmd_args_env(connection.settings_dict, [])
     assert args == plain.client.settings_to_cmd_args_env(plain.settings_dict, [])
     executable = connection.client.executable_name
-    if connection.vendor == "sqlite" or shutil.which(executable) is None:
+    if connection.vendor == "sqlite" or executable is None or shutil.which(executable) is None:
         return
     flag = "-e" if connection.vendor == "mysql" else "-c"
     process = subprocess.run(

@@ -20,7 +20,6 @@ import django
 import pytest
 
 from tests import IMPORT_PATH, dbconfig
-from tests.test_hazards import ROOT
 
 LABELS = [
     "backends",

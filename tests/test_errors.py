@@ -11,11 +11,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.db.backends.sqlite3 import base as sqlite3_base
 from django.db.utils import load_backend
-from django.test import override_settings
 
 from django_forksafe import ForkSafeMixin, forksafe
 from tests import IMPORT_PATH
-from tests.test_hazards import ROOT
 
 
 def test_unknown_engine_lists_available_engines() -> None:
@@ -32,8 +30,9 @@ def test_unknown_engine_lists_available_engines() -> None:
 def test_unknown_names_are_missing_modules_to_importlib() -> None:
     import importlib.util
 
-    import django_forksafe.backends
     from django.utils.module_loading import module_has_submodule
+
+    import django_forksafe.backends
 
     with pytest.raises(ModuleNotFoundError):
         importlib.util.find_spec("django_forksafe.backends.nosuch")

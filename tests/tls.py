@@ -94,7 +94,8 @@ def postgresql() -> Iterator[dict[str, str]]:
             )
         run("runuser", "-u", "postgres", "--", f"{bindir[-1]}/pg_ctl", "-D", str(data), "-l", str(log), "-w", "start")
         try:
-            run("runuser", "-u", "postgres", "--", f"{bindir[-1]}/createdb", "-h", str(directory), "-p", str(port), "test")
+            createdb = f"{bindir[-1]}/createdb"
+            run("runuser", "-u", "postgres", "--", createdb, "-h", str(directory), "-p", str(port), "test")
             yield {
                 "FORKSAFE_PG_HOST": "127.0.0.1",
                 "FORKSAFE_PG_PORT": str(port),

@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -51,11 +50,11 @@ def with_getpid_checkout(wrapper_class: type[Any]) -> type[Any]:
     """The forksafe wrapper as it runs where the kernel refuses
     MADV_WIPEONFORK: the same checkout, reading the getpid() mark."""
 
-    class GetpidCheckout(wrapper_class):  # type: ignore[misc,valid-type]
+    class GetpidCheckout(wrapper_class):  # type: ignore[misc]
         def ensure_connection(self) -> None:
             if not _PID_MARK[0]:
                 registry.invalidate_if_forked()
-            super(ForkSafeMixin, self).ensure_connection()
+            super(ForkSafeMixin, self).ensure_connection()  # type: ignore[misc]
 
     return GetpidCheckout
 
@@ -174,7 +173,7 @@ def invalidation_microseconds(vendor: str, aliases: int, rounds: int, warm: bool
             samples.append(json.loads(pipe.read()))
         os.waitpid(pid, 0)
     handler.close_all()
-    return statistics.median(samples) * 1e6
+    return float(statistics.median(samples)) * 1e6
 
 
 def main() -> None:

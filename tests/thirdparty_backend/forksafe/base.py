@@ -1,5 +1,4 @@
-from tests.thirdparty_backend import base
-
 from django_forksafe import forksafe
+from tests.thirdparty_backend import base
 
 DatabaseWrapper = forksafe(base.DatabaseWrapper)
