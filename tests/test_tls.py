@@ -59,9 +59,7 @@ def test_sessions_are_encrypted(vendor: str) -> None:
 )
 def test_tls_session_survives_children(vendor: str, scenario: str) -> None:
     result: dict[str, Any] = run(scenario, vendor)
-    assert_kept_session(result)
-    if scenario == "other_thread":
-        assert result["thread_same_session"] and result["thread_session_on_server"]
+    assert_kept_session(result)  # For other_thread, the other thread's session.
 
 
 @pytest.mark.parametrize("scenario", ["child_closes", "child_closes_all"])

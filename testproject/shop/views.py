@@ -1,10 +1,11 @@
 import json
 import os
 
+from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from django_forksafe.probe import SESSION_SQL as PROBE_SESSION_SQL
+from django_forksafe.hazards import SESSION_SQL as PROBE_SESSION_SQL
 from shop.models import Product
 
 SESSION_SQL = {**PROBE_SESSION_SQL, "sqlite": "SELECT 0"}
@@ -31,6 +32,15 @@ def checks(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ids": sorted(message.id for message in run_checks() if message.id)})
 
 
-def product(request: HttpRequest, pk: int) -> JsonResponse:
+def product_info(pk: int) -> dict:
     item = Product.objects.get(pk=pk)
-    return JsonResponse({"pk": item.pk, "name": item.name, "pid": os.getpid(), "session": session_id()})
+    return {"pk": item.pk, "name": item.name, "pid": os.getpid(), "session": session_id()}
+
+
+def product(request: HttpRequest, pk: int) -> JsonResponse:
+    return JsonResponse(product_info(pk))
+
+
+async def product_async(request: HttpRequest, pk: int) -> JsonResponse:
+    """The async view: the ORM through sync_to_async (one thread per worker)."""
+    return JsonResponse(await sync_to_async(product_info)(pk))

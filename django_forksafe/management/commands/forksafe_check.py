@@ -18,7 +18,7 @@ from django.db import connections
 
 from django_forksafe import detection
 from django_forksafe.backends import suggest_engine
-from django_forksafe.probe import HAZARDS
+from django_forksafe.hazards import HAZARDS
 from django_forksafe.wrapper import ForkSafeMixin
 
 # Distinct from CommandError's 1 (bad arguments, unknown alias).

@@ -1,0 +1,69 @@
+"""
+Fork hazards, reproduced with real forks against real servers.
+
+Run as ``python -m tests.hazards SCENARIO VENDOR ENGINE`` (ENGINE is one of
+tests.dbconfig.ENGINES, such as ``forksafe`` or ``plain``): each scenario
+runs in a fresh process, forks, and prints one JSON object of observations
+for tests/test_hazards.py to judge. The hazards themselves are
+django_forksafe.hazards', shared with forksafe_check; session checks go
+through a separate monitor connection on the server side.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django_forksafe.hazards import libc_fork
+from tests.hazards import basic, detection, pools, servers, sqlite, transactions
+from tests.hazards.common import Monitor, Scenario
+
+__all__ = ["LIBC_FORK_TRIGGERS", "SCENARIOS", "Monitor"]
+
+LIBC_FORK_TRIGGERS = detection.LIBC_FORK_TRIGGERS
+
+SCENARIOS: dict[str, Scenario] = {
+    # What a child does with the connection it inherited.
+    **{f"child_{name}": basic.child_cleanup(cleanup) for name, cleanup in [
+        ("closes", "close"), ("closes_all", "close_all"), ("closes_old_connections", "close_old_connections")
+    ]},
+    "child_queries": basic.child_queries,
+    "child_drops_connection": basic.child_drops_connection,
+    "child_exits": basic.child_exits,
+    "child_closes_raw_connection": basic.child_closes_raw_connection,
+    "other_thread": basic.other_thread,
+    "concurrent": basic.concurrent,
+    "leak_cycles": basic.leak_cycles,
+    "thread_dies_unclosed": basic.thread_dies_unclosed,
+    "several_aliases": basic.several_aliases,
+    # Forks behind Python's back.
+    "libc_fork_child_exits": lambda vendor, engine: basic.child_exits(vendor, engine, libc_fork),
+    "libc_fork_concurrent": lambda vendor, engine: basic.concurrent(vendor, engine, libc_fork),
+    **{f"libc_fork_{trigger}": detection.libc_fork_then(trigger) for trigger in LIBC_FORK_TRIGGERS},
+    "post_fork_signal": detection.post_fork_signal(os.fork),
+    "libc_fork_post_fork_signal": detection.post_fork_signal(libc_fork),
+    "registry_lock_held_at_fork": detection.registry_lock_held_at_fork,
+    "signal_lock_held_at_fork": detection.signal_lock_held_at_fork,
+    # Transactions.
+    "fork_in_atomic": transactions.fork_in_atomic,
+    "fork_in_nested_atomic": lambda vendor, engine: transactions.fork_in_atomic(vendor, engine, nested=True),
+    "fork_in_atomic_child_only_leaves": lambda vendor, engine: transactions.fork_in_atomic(
+        vendor, engine, child_writes_in_block=False, nested=True
+    ),
+    "libc_fork_in_atomic": lambda vendor, engine: transactions.fork_in_atomic(vendor, engine, libc_fork),
+    "libc_fork_in_atomic_child_only_leaves": lambda vendor, engine: transactions.fork_in_atomic(
+        vendor, engine, libc_fork, child_writes_in_block=False, nested=True
+    ),
+    "child_killed_in_atomic": transactions.child_killed_in_atomic,
+    "multiprocessing_pool_started_in_atomic": transactions.pool_started_in_atomic("multiprocessing"),
+    "process_pool_executor_started_in_atomic": transactions.pool_started_in_atomic("executor"),
+    # Django's connection pool.
+    "pool": pools.pool,
+    "pool_warmed_up": lambda vendor, engine: pools.pool(vendor, engine, warm_up_only=True),
+    # SQLite.
+    "sqlite_file": sqlite.sqlite_file,
+    "sqlite_memory": sqlite.sqlite_memory,
+    # Between Django and the server.
+    "gis": servers.gis,
+    "through_pgbouncer": servers.through_pgbouncer,
+    "tls_in_use": servers.tls_in_use,
+}

@@ -1,0 +1,120 @@
+"""
+What every scenario shares: settings for one vendor and ENGINE, a monitor
+connection that watches the server side, and the parent and child of
+django_forksafe.hazards (the library that forksafe_check uses too).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import django
+from django.conf import settings
+
+from django_forksafe.hazards import Parent, session_id
+from tests import dbconfig
+
+Result = dict[str, Any]
+Scenario = Callable[[str, str], Result]
+
+# The process the scenario runs in (its children must not clean up after it).
+SCENARIO_PID = os.getpid()
+
+
+class Monitor:
+    """A raw driver connection, outside Django, that watches the server."""
+
+    def __init__(self, vendor: str) -> None:
+        self.vendor = vendor
+        config = dbconfig.server(vendor)
+        if vendor == "mysql":
+            import MySQLdb
+
+            self.conn = MySQLdb.connect(
+                host=config["HOST"],
+                port=int(config["PORT"]),
+                user=config["USER"],
+                password=config["PASSWORD"],
+                database=config["NAME"],
+                autocommit=True,
+                **dbconfig.options(vendor),
+            )
+        else:
+            try:
+                import psycopg as driver
+            except ImportError:  # Django falls back to psycopg2 as well.
+                import psycopg2 as driver  # type: ignore[no-redef]
+
+            self.conn = driver.connect(
+                host=config["HOST"],
+                port=config["PORT"],
+                user=config["USER"],
+                password=config["PASSWORD"] or None,
+                dbname=config["NAME"],
+                **dbconfig.options(vendor),
+            )
+            self.conn.autocommit = True
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            cursor.close()
+
+    def alive(self, session_id: int) -> bool:
+        if self.vendor == "mysql":
+            sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s"
+        else:
+            sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s"
+        return bool(self.query(sql, (session_id,))[0][0])
+
+    def sessions(self) -> set[int]:
+        """Sessions on our test database, this monitor's own included."""
+        if self.vendor == "mysql":
+            sql = "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s"
+        else:
+            sql = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+        return {int(row[0]) for row in self.query(sql, (dbconfig.server(self.vendor)["NAME"],))}
+
+    def new_sessions(self, before: set[int], seconds: float = 20.0) -> set[int]:
+        """Sessions opened since `before` that are still there. Sessions end
+        asynchronously after a client exits: poll, bounded, until they go."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while (new := self.sessions() - before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return new
+
+
+def setup(vendor: str, engine: str, **options: Any) -> Monitor | None:
+    databases = options.pop("DATABASES", None) or {
+        "default": dbconfig.database(
+            vendor,
+            engine,
+            **({"NAME": os.path.join(tempfile.mkdtemp(), "db.sqlite3")} if vendor == "sqlite3" else {}),
+        )
+    }
+    settings.configure(DATABASES=databases, USE_TZ=True, **options)
+    django.setup()
+    return Monitor(vendor) if vendor in dbconfig.SERVER_VENDORS else None
+
+
+def parent_of(monitor: Monitor | None, alias: str = "default") -> Parent:
+    """The parent's session, watched on the server side when there is one."""
+    return Parent(alias, monitor.alive if monitor is not None else None)
+
+
+def child_session(first: Callable[[], object] = lambda: None) -> Result:
+    """The child's own use of the database, after `first`."""
+    from django.db.backends.signals import connection_created
+
+    created: list[int] = []
+    connection_created.connect(lambda **kwargs: created.append(os.getpid()), weak=False)
+    first()
+    return {"child_session": session_id(), "connection_created_in_child": created == [os.getpid()]}

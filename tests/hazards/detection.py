@@ -1,0 +1,251 @@
+"""
+Detection: forks that skip Python's at-fork handlers, noticed at the child's
+first use of anything; post_fork; locks held by other threads at fork time.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django_forksafe.hazards import Parent, child_report, libc_fork, run_child, session_id
+from tests.hazards.common import Result, child_session, parent_of, setup
+
+
+def _drop_then_request(parent: Parent) -> None:
+    # Garbage before detection: the registry keeps the raw connection
+    # alive, so mysqlclient's deallocator cannot run.
+    from django.core.signals import request_started
+    from django.db import connections
+
+    del connections["default"]  # The parent's Parent holds no reference either.
+    gc.collect()
+    request_started.send(sender=None)
+
+
+def _health_check(parent: Parent) -> None:
+    # The CONN_HEALTH_CHECKS ping, as at the start of a request.
+    from django.db import connection
+
+    connection.health_check_enabled = True  # type: ignore[attr-defined]
+    connection.health_check_done = False  # type: ignore[attr-defined]
+    connection.close_if_health_check_failed()
+
+
+def _savepoint(parent: Parent) -> None:
+    from django.db import transaction
+
+    with transaction.atomic():
+        with transaction.atomic():
+            pass
+
+
+def _set_autocommit(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.set_autocommit(False)
+    connection.set_autocommit(True)
+
+
+def _commit(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.commit()
+
+
+def _rollback(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.rollback()
+
+
+def _query(parent: Parent) -> None:
+    session_id()
+
+
+def _close(parent: Parent) -> None:
+    from django.db import connection
+
+    connection.close()
+
+
+def _close_all(parent: Parent) -> None:
+    from django.db import connections
+
+    connections.close_all()
+
+
+def _close_old_connections(parent: Parent) -> None:
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+def _request_started(parent: Parent) -> None:
+    from django.core.signals import request_started
+
+    request_started.send(sender=None)
+
+
+# What a child forked behind Python's back does first.
+LIBC_FORK_TRIGGERS: dict[str, Callable[[Parent], None]] = {
+    "query": _query,
+    "close": _close,
+    "close_all": _close_all,
+    "close_old_connections": _close_old_connections,
+    "request_started": _request_started,
+    "middleware": lambda parent: through_middleware(asynchronous=False),
+    "async_middleware": lambda parent: through_middleware(asynchronous=True),
+    "drop_then_request": _drop_then_request,
+    "health_check": _health_check,
+    "savepoint": _savepoint,
+    "set_autocommit": _set_autocommit,
+    "commit": _commit,
+    "rollback": _rollback,
+}
+
+
+def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
+    """A fork that skips Python's at-fork handlers, then `trigger` in the
+    child: the first thing it does. Then the child queries on its own."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        monitor = setup(vendor, engine)
+        parent = parent_of(monitor)
+
+        def work() -> Result:
+            return child_session(first=lambda: LIBC_FORK_TRIGGERS[trigger](parent))
+
+        result = run_child(work, fork=libc_fork)
+        return {**result, **parent.check(), "parent_session": parent.session_id}
+
+    return scenario
+
+
+def through_middleware(asynchronous: bool) -> None:
+    """One request through ForkSafeMiddleware, sync or async, without the
+    request_started signal (so that only the middleware can notice)."""
+    import asyncio
+
+    from django.http import HttpRequest, HttpResponse
+
+    from django_forksafe.middleware import ForkSafeMiddleware
+
+    if asynchronous:
+
+        async def get_response(request: HttpRequest) -> HttpResponse:
+            return HttpResponse()
+
+        asyncio.run(ForkSafeMiddleware(get_response)(HttpRequest()))  # type: ignore[arg-type]
+    else:
+        ForkSafeMiddleware(lambda request: HttpResponse())(HttpRequest())
+
+
+def post_fork_signal(fork: Callable[[], int]) -> Callable[[str, str], Result]:
+    """post_fork: once per child, after invalidation, before reconnecting."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        monitor = setup(vendor, engine)
+        parent = parent_of(monitor)
+        from django.db import connection
+
+        from django_forksafe.signals import post_fork
+
+        calls: list[Result] = []
+
+        def receiver(sender: object, parent_pid: int, aliases: list[str], **kwargs: Any) -> None:
+            calls.append(
+                {"parent_pid": parent_pid, "aliases": aliases, "connection": connection.connection is None}
+            )
+
+        post_fork.connect(receiver)
+
+        def work() -> Result:
+            from django.db import connections
+
+            signalled_at_start = len(calls)  # Before the child does anything.
+            connections.close_all()  # Detection point for a fork without handlers.
+            own = session_id()
+            connections.close_all()
+            session_id()
+            return {"signals": calls, "child_session": own, "signalled_at_start": signalled_at_start}
+
+        result = run_child(work, fork=fork)
+        return {**result, **parent.check(), "parent_pid": os.getpid(), "parent_signals": calls}
+
+    return scenario
+
+
+def registry_lock_held_at_fork(vendor: str, engine: str) -> Result:
+    """A process forked behind Python's back (P) notices it in one thread,
+    which is still inside the invalidation (held in a post_fork receiver)
+    when P's main thread forks again: the grandchild's first query must not
+    wait for a thread that does not exist in it."""
+    from django_forksafe import registry
+    from django_forksafe.signals import post_fork
+
+    monitor = setup(vendor, engine)
+    parent = parent_of(monitor)
+
+    def middle() -> Result:
+        middle_pid = os.getpid()
+        inside, release = threading.Event(), threading.Event()
+
+        def hold(**kwargs: Any) -> None:
+            if os.getpid() == middle_pid:
+                inside.set()
+                release.wait()
+
+        post_fork.connect(hold, weak=False)
+        thread = threading.Thread(target=registry.invalidate_if_forked)
+        thread.start()
+        inside.wait()
+        try:
+            read_end, write_end = os.pipe()
+            pid = libc_fork()
+            if pid == 0:
+                os.write(write_end, json.dumps(child_session()).encode())
+                os._exit(0)
+            os.close(write_end)
+            return child_report(pid, read_end, timeout=30)
+        finally:
+            release.set()
+            thread.join()
+
+    return {**run_child(middle, fork=libc_fork), **parent.check(), "parent_session": parent.session_id}
+
+
+def signal_lock_held_at_fork(vendor: str, engine: str) -> Result:
+    """Another thread holds post_fork's lock (connecting a receiver) when the
+    main thread forks: the at-fork handler sends post_fork in the child."""
+    from django_forksafe.signals import post_fork
+
+    monitor = setup(vendor, engine)
+    parent = parent_of(monitor)
+    post_fork.connect(lambda **kwargs: None, weak=False)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with post_fork.lock:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait()
+    try:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write_end, json.dumps(child_session()).encode())
+            os._exit(0)
+        os.close(write_end)
+        result = child_report(pid, read_end, timeout=30)
+    finally:
+        release.set()
+        thread.join()
+    return {**result, **parent.check(), "parent_session": parent.session_id}
