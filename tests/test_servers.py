@@ -139,12 +139,15 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     process.wait(timeout=30)
 
 
-def hammer(port: int, requests: int = 400, clients: int = 8) -> list[dict[str, Any]]:
+def hammer(
+    port: int, requests: int = 400, clients: int = 8, path: str = "/product/{pk}/"
+) -> list[dict[str, Any]]:
     """Concurrent requests for random products; each outcome recorded."""
 
     def fetch(pk: int) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{port}{path.format(pk=pk)}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/product/{pk}/", timeout=20) as response:
+            with urllib.request.urlopen(url, timeout=20) as response:
                 body = json.loads(response.read())
             return {"asked": pk, **body}
         except Exception as exc:

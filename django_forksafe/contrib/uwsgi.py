@@ -1,13 +1,21 @@
 """
-uWSGI does not run Python's at-fork handlers in its workers (unless started
-with --py-call-osafterfork). Importing this module, in the WSGI file or with
-``--import django_forksafe.contrib.uwsgi``, registers a uWSGI post-fork hook
-that invalidates the connections each worker inherits, before its first
-request. Outside uWSGI, importing it does nothing.
+uWSGI does not run Python's at-fork handlers in its workers, mules and
+spooler (unless started with --py-call-osafterfork). Importing this module,
+in the WSGI file or with ``--import django_forksafe.contrib.uwsgi``, adds
+django-forksafe to uWSGI's post-fork hook, so that each worker invalidates the
+connections it inherited right after the fork. Without it, they are
+invalidated at the child's first checkout anyway. Outside uWSGI, importing it
+does nothing.
+
+It keeps whatever the app set, before or after it is imported:
+``uwsgi.post_fork_hook`` (called after ours), ``uwsgi.spooler`` and
+``uwsgi.mule_msg_hook``, and uwsgidecorators' ``@spool``, ``@mulefunc`` and
+``@postfork``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from django_forksafe import registry
@@ -18,6 +26,9 @@ try:
 except ImportError:  # Not running under uWSGI.
     uwsgi = None
 
+# What importing uwsgidecorators assigns, replacing what the app set.
+UWSGIDECORATORS_SETS = ("spooler", "post_fork_hook", "mule_msg_hook")
+
 
 def post_fork() -> None:
     registry.invalidate_if_forked()
@@ -27,18 +38,10 @@ post_fork.forksafe = True  # type: ignore[attr-defined]  # See uwsgi_hook_instal
 
 
 def install() -> None:
-    """Register post_fork, alongside any hook already registered."""
+    """Chain post_fork before the uwsgi.post_fork_hook already set, if any."""
     if uwsgi is None or uwsgi_hook_installed(uwsgi):
         return
-    try:
-        # uwsgidecorators replaces uwsgi.post_fork_hook with its own chain
-        # when imported: join the chain, so that a later import keeps us.
-        import uwsgidecorators
-    except ImportError:
-        uwsgidecorators = None
-    if uwsgidecorators is not None:
-        uwsgidecorators.postfork_chain.append(post_fork)
-        return
+    import_uwsgidecorators()
     previous: Callable[[], None] | None = getattr(uwsgi, "post_fork_hook", None)
 
     def hook() -> None:
@@ -48,6 +51,27 @@ def install() -> None:
 
     hook.forksafe = True  # type: ignore[attr-defined]
     uwsgi.post_fork_hook = hook
+
+
+def import_uwsgidecorators() -> None:
+    """Import uwsgidecorators now, if the app has not, keeping what the app
+    set on the uwsgi module.
+
+    Its first import replaces uwsgi.spooler, uwsgi.post_fork_hook and
+    uwsgi.mule_msg_hook with its own dispatchers: imported later by the app,
+    it would drop our hook; imported here as is, after the app set its own,
+    it would drop the app's. Later imports find it in sys.modules and change
+    nothing."""
+    if "uwsgidecorators" in sys.modules:
+        return
+    saved = {name: getattr(uwsgi, name) for name in UWSGIDECORATORS_SETS if hasattr(uwsgi, name)}
+    try:
+        import uwsgidecorators  # noqa: F401
+    except Exception:
+        pass
+    finally:
+        for name, value in saved.items():
+            setattr(uwsgi, name, value)
 
 
 install()

@@ -4,11 +4,14 @@ A small real project on the forksafe ENGINEs.
 FORKSAFE_DB: sqlite3 (default), mysql or postgresql; servers are configured
 by FORKSAFE_MYSQL_* / FORKSAFE_PG_* (HOST, PORT, USER, PASSWORD, NAME).
 FORKSAFE_ENGINE: forksafe (default) or plain, Django's own ENGINE.
+django-rq and huey are used when installed (Redis on 127.0.0.1:6379): the
+queue is named by FORKSAFE_RQ_QUEUE / FORKSAFE_HUEY_NAME.
 """
 
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -23,6 +26,20 @@ MIDDLEWARE = ["django_forksafe.middleware.ForkSafeMiddleware"]
 
 CELERY_BROKER_URL = os.environ.get("FORKSAFE_CELERY_BROKER", "redis://127.0.0.1:6379/15")
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+
+if find_spec("django_rq"):
+    INSTALLED_APPS.append("django_rq")
+    RQ_QUEUES = {os.environ.get("FORKSAFE_RQ_QUEUE", "default"): {"URL": "redis://127.0.0.1:6379/14"}}
+
+if find_spec("huey"):
+    INSTALLED_APPS.append("huey.contrib.djhuey")
+    HUEY = {
+        "huey_class": "huey.RedisHuey",
+        "name": os.environ.get("FORKSAFE_HUEY_NAME", "testproject"),
+        "url": "redis://127.0.0.1:6379/13",
+        "immediate": False,
+        "results": True,
+    }
 
 _vendor = os.environ.get("FORKSAFE_DB", "sqlite3")
 _package = {

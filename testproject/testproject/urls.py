@@ -5,4 +5,5 @@ from shop import views
 urlpatterns = [
     path("product/<int:pk>/", views.product),
     path("checks/", views.checks),
+    path("async/product/<int:pk>/", views.product_async),
 ]
