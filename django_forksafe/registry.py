@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django_forksafe import sockets
 from django_forksafe.detection import PROCESS_MARK
 from django_forksafe.signals import post_fork
 
@@ -149,6 +150,8 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
                     _forget_pool(pools_dict, alias, pool, devnull)
         finally:
             os.close(devnull)
+    with _logged("could not silence the inherited sockets to the database servers"):
+        sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
     # Before post_fork, so that its receivers can use the database.
     _known_pid = pid
     PROCESS_MARK[0] = 1

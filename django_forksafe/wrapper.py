@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_forksafe import registry
+from django_forksafe import registry, sockets
 from django_forksafe.detection import PROCESS_MARK
 from django_forksafe.transactions import AtomicBlocks
 
@@ -27,6 +27,10 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     sent: each way Django reaches the raw connection first reads the process
     mark (see detection), one memory load.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sockets.remember_settings(self.vendor, self.settings_dict)
 
     @property
     def atomic_blocks(self) -> AtomicBlocks:
@@ -60,6 +64,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
             registry.track(self, connection)
+            sockets.remember_peer(connection)
         pool = getattr(self, "pool", None)  # Django's PostgreSQL connection pool.
         if pool is not None:
             registry.track_pool(pool)

@@ -327,6 +327,30 @@ def test_control_child_closes_raw_connection(vendor: str) -> None:
 
 
 @SERVERS
+def test_raw_connection_outside_django_silenced_in_child(vendor: str) -> None:
+    result = run("raw_connection_outside_django", vendor)
+    assert result["raw_error"] is None
+    assert result["raw_same_session"] and result["raw_session_on_server"]
+
+
+@SERVERS
+def test_control_raw_connection_outside_django(vendor: str) -> None:
+    result = run("raw_connection_outside_django", vendor, "plain")
+    assert any(message in result["raw_error"] for message in LOST_SESSION), result
+    assert not result["raw_session_on_server"]
+
+
+def test_driver_without_fileno_releases_inherited_socket() -> None:
+    """PyMySQL: the parent's session ends when the parent dies, not when its
+    last child does."""
+    assert run("pymysql_parent_dies_child_lives", "mysql")["session_ended_with_parent"] is True
+
+
+def test_control_driver_without_fileno_session_outlives_parent() -> None:
+    assert run("pymysql_parent_dies_child_lives", "mysql", "plain")["session_ended_with_parent"] is False
+
+
+@SERVERS
 @pytest.mark.parametrize("scenario", ["registry_lock_held_at_fork", "signal_lock_held_at_fork"])
 def test_lock_held_by_another_thread_at_fork_cannot_deadlock_child(scenario: str, vendor: str) -> None:
     result = run(scenario, vendor)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from django_forksafe.hazards import libc_fork
-from tests.hazards import basic, detection, pools, servers, sqlite, transactions
+from tests.hazards import basic, detection, pools, servers, sockets, sqlite, transactions
 from tests.hazards.common import Monitor, Scenario
 
 __all__ = ["LIBC_FORK_TRIGGERS", "SCENARIOS", "Monitor"]
@@ -35,6 +35,9 @@ SCENARIOS: dict[str, Scenario] = {
     "leak_cycles": basic.leak_cycles,
     "thread_dies_unclosed": basic.thread_dies_unclosed,
     "several_aliases": basic.several_aliases,
+    # Sockets Django never saw.
+    "raw_connection_outside_django": sockets.raw_connection_outside_django,
+    "pymysql_parent_dies_child_lives": sockets.parent_dies_child_lives,
     # Forks behind Python's back.
     "libc_fork_child_exits": lambda vendor, engine: basic.child_exits(vendor, engine, libc_fork),
     "libc_fork_concurrent": lambda vendor, engine: basic.concurrent(vendor, engine, libc_fork),

@@ -81,6 +81,18 @@ class Monitor:
             sql = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
         return {int(row[0]) for row in self.query(sql, (dbconfig.server(self.vendor)["NAME"],))}
 
+    def session_ended(self, session_id: int, seconds: float) -> bool:
+        """Whether the server lets the session go within `seconds`: it ends
+        asynchronously after its client's socket is closed."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while self.alive(session_id):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)  # Polling the server, bounded.
+        return True
+
     def new_sessions(self, before: set[int], seconds: float = 20.0) -> set[int]:
         """Sessions opened since `before` that are still there. Sessions end
         asynchronously after a client exits: poll, bounded, until they go."""

@@ -1,0 +1,75 @@
+"""
+Sockets Django never saw: a raw driver connection opened outside Django,
+and a driver without fileno() (PyMySQL). Silenced in a child all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from django_forksafe.hazards import run_child
+from tests.hazards.common import Monitor, Result, setup
+
+
+def raw_connection_outside_django(vendor: str, engine: str) -> Result:
+    """The parent holds a driver connection of its own (the monitor's kind),
+    beside Django's settings; the child closes it."""
+    setup(vendor, engine)
+    from django.db import connection
+
+    connection.ensure_connection()  # Django's own, to the same server.
+    raw = Monitor(vendor)
+    session = raw.query(MONITOR_SESSION_SQL[vendor])[0][0]
+
+    def work() -> Result:
+        raw.conn.close()  # Sends COM_QUIT / Terminate, unless silenced.
+        return {}
+
+    result = run_child(work)
+    try:
+        result["raw_same_session"] = raw.query(MONITOR_SESSION_SQL[vendor])[0][0] == session
+        result["raw_error"] = None
+    except Exception as exc:
+        result["raw_error"] = f"{type(exc).__name__}: {exc}"
+    result["raw_session_on_server"] = Monitor(vendor).alive(session)
+    return result
+
+
+MONITOR_SESSION_SQL = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
+
+
+def parent_dies_child_lives(vendor: str, engine: str) -> Result:
+    """The parent (here a child of the scenario) opens Django's connection
+    through PyMySQL, forks a child that lives on, and dies. Its session must
+    end with it, not when the child ends."""
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+    monitor = setup("mysql", engine)
+    assert monitor is not None
+    release_read, release_write = os.pipe()
+    report_read, report_write = os.pipe()
+    parent_pid = os.fork()
+    if parent_pid == 0:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT CONNECTION_ID()")
+            session = cursor.fetchone()[0]
+        child_pid = os.fork()
+        if child_pid == 0:  # Lives on until released, holding nothing but what it inherited.
+            os.close(report_write)
+            os.read(release_read, 1)
+            os._exit(0)
+        os.write(report_write, json.dumps({"session": session, "child_pid": child_pid}).encode())
+        os._exit(0)  # No goodbye: the server learns of it from the socket alone.
+    os.close(report_write)
+    with os.fdopen(report_read) as pipe:
+        report = json.loads(pipe.read())
+    os.waitpid(parent_pid, 0)
+    try:
+        ended = monitor.session_ended(report["session"], seconds=10)
+    finally:
+        os.write(release_write, b"x")
+    return {**report, "session_ended_with_parent": ended}
