@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from django_forksafe import sockets
 from django_forksafe.detection import PROCESS_MARK
+from django_forksafe.pools import forget_inherited_pools, keep_forever
 from django_forksafe.signals import post_fork
 
 if TYPE_CHECKING:
@@ -152,6 +152,8 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
             os.close(devnull)
     with _logged("could not silence the inherited sockets to the database servers"):
         sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
+    with _logged("could not drop an inherited third-party connection pool"):
+        forget_inherited_pools()
     # Before post_fork, so that its receivers can use the database.
     _known_pid = pid
     PROCESS_MARK[0] = 1
@@ -183,12 +185,7 @@ def _forget_pool(pools: dict[str, Any], alias: str, pool: Any, devnull: int) -> 
         del pools[alias]
     for idle in list(getattr(pool, "_pool", ())):  # psycopg_pool's idle connections.
         _silence(idle, devnull)
-    _keep_forever(pool)
-
-
-def _keep_forever(obj: Any) -> None:
-    """Never free `obj`, so that no deallocator of it runs in this process."""
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    keep_forever(pool)
 
 
 def _silence(raw: Any, devnull: int) -> None:
@@ -200,7 +197,7 @@ def _silence(raw: Any, devnull: int) -> None:
         # Nothing to redirect: the driver must never touch this handle again,
         # not even from its deallocator at interpreter exit. SQLite's rule
         # for handles opened before fork() is exactly that.
-        _keep_forever(raw)
+        keep_forever(raw)
         return
     # Redirect rather than os.close(): the descriptor number stays taken until
     # the driver's own close(), whose goodbye (COM_QUIT, Terminate, TLS

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_forksafe import registry, sockets
+from django_forksafe import pools, registry, sockets
 from django_forksafe.detection import PROCESS_MARK
 from django_forksafe.transactions import AtomicBlocks
 
@@ -31,6 +31,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         sockets.remember_settings(self.vendor, self.settings_dict)
+        pools.created(self)
 
     @property
     def atomic_blocks(self) -> AtomicBlocks:
@@ -160,9 +161,10 @@ def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
         )
     if issubclass(wrapper_class, ForkSafeMixin):
         return wrapper_class
-    pools = getattr(wrapper_class, "_connection_pools", None)  # Django's PostgreSQL pools.
-    if isinstance(pools, dict):
-        registry.watch_pools(pools)
+    django_pools = getattr(wrapper_class, "_connection_pools", None)  # Django's PostgreSQL pools.
+    if isinstance(django_pools, dict):
+        registry.watch_pools(django_pools)
+    pools.adapt(wrapper_class)
     namespace = {
         "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
         "__qualname__": wrapper_class.__qualname__,

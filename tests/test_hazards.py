@@ -445,6 +445,15 @@ def test_connection_pool() -> None:
     assert result["parent_reused_pool"]
 
 
+def test_django_pool_of_a_plain_alias_is_dropped_in_child_too() -> None:
+    needs_psycopg3()
+    result = run("pool_beside_plain_alias", "postgresql")
+    parent_pools = set(result["parent_pools"])
+    assert result["default"] not in parent_pools
+    assert result["plain"] not in parent_pools  # Protected too: the dict is shared.
+    assert result["parent_pools_alive"]
+
+
 def test_connection_pool_opened_but_never_used_through_django() -> None:
     needs_psycopg3()
     result = run("pool_warmed_up", "postgresql")

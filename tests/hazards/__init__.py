@@ -62,6 +62,9 @@ SCENARIOS: dict[str, Scenario] = {
     # Django's connection pool.
     "pool": pools.pool,
     "pool_warmed_up": lambda vendor, engine: pools.pool(vendor, engine, warm_up_only=True),
+    "pool_beside_plain_alias": pools.pool_beside_plain_alias,
+    **{f"{library}_pool": pools.third_party_pool(library) for library in ("connpool", "geventpool")},
+    **{f"{library}_pool_child_exits": pools.third_party_pool(library, True) for library in ("connpool", "geventpool")},
     # SQLite.
     "sqlite_file": sqlite.sqlite_file,
     "sqlite_memory": sqlite.sqlite_memory,
