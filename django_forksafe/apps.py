@@ -1,6 +1,7 @@
 import logging
 
 from django.apps import AppConfig
+from django.core import checks
 
 
 class DjangoForksafeConfig(AppConfig):
@@ -8,9 +9,14 @@ class DjangoForksafeConfig(AppConfig):
     verbose_name = "django-forksafe"
 
     def ready(self) -> None:
-        from django_forksafe import checks
+        from django_forksafe import checks as forksafe_checks
+        from django_forksafe.contrib.uwsgi_detection import HINT, hook_missing
 
+        # Not Tags.database: they read settings only, and should run by default.
+        checks.register(forksafe_checks.check_engines)
+        checks.register(forksafe_checks.check_settings)
+        checks.register(forksafe_checks.check_uwsgi)
         # uWSGI loads the app without running system checks: say it here.
-        message = checks.uwsgi_without_hook()
+        message = hook_missing()
         if message is not None:
-            logging.getLogger("django_forksafe").warning("%s %s", message, checks.UWSGI_HINT)
+            logging.getLogger("django_forksafe").warning("%s %s", message, HINT)

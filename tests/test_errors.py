@@ -86,3 +86,17 @@ def test_missing_driver_gives_djangos_message(driver: str, vendor: str) -> None:
     ours = import_error(f"django_forksafe.backends.{vendor}.base")
     assert ours == import_error(f"django.db.backends.{vendor}.base")
     assert ours.startswith("django.core.exceptions.ImproperlyConfigured: Error loading")
+
+
+def test_importing_our_modules_registers_no_checks() -> None:
+    """System checks are registered by the app's ready() alone: importing the
+    backends, the checks or the uWSGI hook (tests.settings leaves the app
+    out) registers nothing."""
+    from django.core.checks import registry
+
+    import django_forksafe.checks
+    import django_forksafe.contrib.uwsgi
+    import django_forksafe.contrib.uwsgi_detection  # noqa: F401
+
+    registered = registry.registry.registered_checks
+    assert not [check for check in registered if check.__module__.startswith("django_forksafe")]

@@ -260,18 +260,23 @@ def test_uwsgi(vendor: str, tmp_path: Path) -> None:
     assert unexpected_tracebacks(tmp_path / "uwsgi.log") == []
 
 
-def test_uwsgi_without_hook_warns_and_still_detects_by_pid(tmp_path: Path) -> None:
-    """Without the post-fork hook, a system check warns, and inherited
-    connections are still invalidated at each worker's first request."""
+@pytest.mark.parametrize("app", ["1", "0"])
+def test_uwsgi_without_importing_the_hook(app: str, tmp_path: Path) -> None:
+    """wsgi.py does not import the hook: with the app installed, system check
+    W002 says so; with or without the app, inherited connections are still
+    invalidated at each worker's first checkout."""
     require("postgresql", "uwsgi")
     prepare("postgresql")
     port = free_port()
-    env = project_env("postgresql", "forksafe", FORKSAFE_CONN_MAX_AGE="600", FORKSAFE_UWSGI_HOOK="0")
+    env = project_env(
+        "postgresql", "forksafe", FORKSAFE_CONN_MAX_AGE="600", FORKSAFE_UWSGI_HOOK="0", FORKSAFE_APP=app
+    )
     with running(uwsgi_command(port), env, port, tmp_path / "uwsgi.log"):
         responses = hammer(port)
         check_ids = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/checks/").read())["ids"]
-    assert "django_forksafe.W002" in check_ids
+    assert ("django_forksafe.W002" in check_ids) == (app == "1")
     assert_all_right(responses)
+    assert unexpected_tracebacks(tmp_path / "uwsgi.log") == []
 
 
 @SERVERS

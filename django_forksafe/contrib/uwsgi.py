@@ -1,11 +1,11 @@
 """
 uWSGI does not run Python's at-fork handlers in its workers, mules and
-spooler (unless started with --py-call-osafterfork). Importing this module,
-in the WSGI file or with ``--import django_forksafe.contrib.uwsgi``, adds
-django-forksafe to uWSGI's post-fork hook, so that each worker invalidates the
-connections it inherited right after the fork. Without it, they are
-invalidated at the child's first checkout anyway. Outside uWSGI, importing it
-does nothing.
+spooler (unless started with --py-call-osafterfork). Importing this module
+adds django-forksafe to uWSGI's post-fork hook, so that each child
+invalidates the connections it inherited right after the fork (without it,
+they are invalidated at the child's first checkout anyway). Import it in the
+WSGI file, or start uWSGI with ``--import django_forksafe.contrib.uwsgi``.
+Outside uWSGI, importing it does nothing.
 
 It keeps whatever the app set, before or after it is imported:
 ``uwsgi.post_fork_hook`` (called after ours), ``uwsgi.spooler`` and
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 
 from django_forksafe import registry
-from django_forksafe.checks import uwsgi_hook_installed
+from django_forksafe.contrib.uwsgi_detection import hook_installed
 
 try:
     import uwsgi
@@ -34,12 +34,12 @@ def post_fork() -> None:
     registry.invalidate_if_forked()
 
 
-post_fork.forksafe = True  # type: ignore[attr-defined]  # See uwsgi_hook_installed().
+post_fork.forksafe = True  # type: ignore[attr-defined]  # See hook_installed().
 
 
 def install() -> None:
     """Chain post_fork before the uwsgi.post_fork_hook already set, if any."""
-    if uwsgi is None or uwsgi_hook_installed(uwsgi):
+    if uwsgi is None or hook_installed(uwsgi):
         return
     import_uwsgidecorators()
     previous: Callable[[], None] | None = getattr(uwsgi, "post_fork_hook", None)

@@ -6,6 +6,12 @@ by FORKSAFE_MYSQL_* / FORKSAFE_PG_* (HOST, PORT, USER, PASSWORD, NAME).
 FORKSAFE_ENGINE: forksafe (default) or plain, Django's own ENGINE.
 django-rq and huey are used when installed (Redis on 127.0.0.1:6379): the
 queue is named by FORKSAFE_RQ_QUEUE / FORKSAFE_HUEY_NAME.
+django-q2 is used when installed (its ORM broker, on the database): the
+cluster and its queue are named by FORKSAFE_Q_NAME, and its workers are
+recycled after FORKSAFE_Q_RECYCLE tasks.
+FORKSAFE_PG_POOL=1: Django's connection pool for postgresql (psycopg_pool).
+FORKSAFE_CACHE=db: Django's database cache (table forksafe_cache, made by
+createcachetable), which django-q2's sentinel writes its status to.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 USE_TZ = True
 ROOT_URLCONF = "testproject.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
-INSTALLED_APPS = ["django_forksafe", "shop"]
+# FORKSAFE_APP=0: the ENGINE alone, without the app (its checks and its uWSGI hook).
+INSTALLED_APPS = ["django_forksafe", "shop"] if os.environ.get("FORKSAFE_APP", "1") == "1" else ["shop"]
 MIDDLEWARE = ["django_forksafe.middleware.ForkSafeMiddleware"]
 
 CELERY_BROKER_URL = os.environ.get("FORKSAFE_CELERY_BROKER", "redis://127.0.0.1:6379/15")
@@ -40,6 +47,23 @@ if find_spec("huey"):
         "immediate": False,
         "results": True,
     }
+
+if find_spec("django_q"):
+    INSTALLED_APPS.append("django_q")
+    Q_CLUSTER = {
+        "name": os.environ.get("FORKSAFE_Q_NAME", "testproject"),
+        "orm": "default",
+        "workers": 3,
+        "recycle": int(os.environ.get("FORKSAFE_Q_RECYCLE", "5")),
+        "timeout": 20,
+        "retry": 60,
+        "max_attempts": 1,
+        "catch_up": False,
+        "scheduler": False,
+    }
+
+if os.environ.get("FORKSAFE_CACHE") == "db":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "forksafe_cache"}}
 
 _vendor = os.environ.get("FORKSAFE_DB", "sqlite3")
 _package = {
@@ -60,3 +84,6 @@ DATABASES = {
         "PASSWORD": os.environ.get(_prefix + "PASSWORD", ""),
     }
 }
+
+if _vendor == "postgresql" and os.environ.get("FORKSAFE_PG_POOL") == "1":
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 4, "timeout": 5}}

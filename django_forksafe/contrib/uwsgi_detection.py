@@ -1,0 +1,48 @@
+"""
+Whether this process runs under uWSGI, and whether uWSGI will call
+django-forksafe's post-fork hook (django_forksafe.contrib.uwsgi) in the
+children it forks: for system check W002. Importing this module installs
+nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+HINT = (
+    "Import django_forksafe.contrib.uwsgi in your WSGI module (after setting your own "
+    "uwsgi.post_fork_hook, if any), or start uWSGI with --import django_forksafe.contrib.uwsgi."
+)
+
+
+def running_under_uwsgi() -> bool:
+    return "uwsgi" in sys.modules or importlib.util.find_spec("uwsgi") is not None
+
+
+def hook_installed(uwsgi: Any) -> bool:
+    """Whether uWSGI will call our post_fork in its children (as its
+    post_fork_hook, or in uwsgidecorators' chain)."""
+    chain: list[Any] = getattr(sys.modules.get("uwsgidecorators"), "postfork_chain", [])
+    hooks = [getattr(uwsgi, "post_fork_hook", None), *chain]
+    return any(getattr(hook, "forksafe", False) for hook in hooks)
+
+
+def hook_missing() -> str | None:
+    """Why this uWSGI process's children are not covered at the fork itself,
+    if they are not."""
+    if not running_under_uwsgi():
+        return None
+    import uwsgi  # Importable only inside a uWSGI process.
+
+    options = getattr(uwsgi, "opt", {})
+    if hook_installed(uwsgi):
+        return None
+    if options.get("py-call-osafterfork") or options.get("lazy-apps") or options.get("lazy"):
+        return None
+    return (
+        "Running under uWSGI, which does not run Python's at-fork handlers in its children, "
+        "without django-forksafe's post-fork hook: inherited connections are invalidated at "
+        "each child's first checkout, not at the fork."
+    )
