@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,8 +23,11 @@ class ForkSafeMixin(BaseDatabaseWrapper):
 
     Forks through Python are handled by the at-fork handler (see registry).
     Every other fork is noticed at the next checkout, before any byte is
-    sent: each way Django reaches the raw connection first reads the process
-    mark (see detection), one memory load.
+    sent: each way Django reaches the raw connection (a cursor, a new
+    connection, autocommit, commit and rollback, the health-check ping,
+    close(), leaving an atomic block) first reads the process mark (see
+    detection), one memory load. ensure_connection() itself, which sends
+    nothing on an open connection, is left as it is: tests patch it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -44,22 +46,24 @@ class ForkSafeMixin(BaseDatabaseWrapper):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if ForkSafeMixin in cls.__bases__ and "ensure_connection" not in vars(cls):
-            # The query path (cursor(), get/set_autocommit(), savepoints): one
-            # frame that calls the next ensure_connection() in the MRO directly,
-            # without super()'s lookup (a third of the cost, on CPython 3.11).
-            after_mixin = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1 :]
-            next_in_mro = next(
-                vars(klass)["ensure_connection"] for klass in after_mixin if "ensure_connection" in vars(klass)
-            )
-            cls.ensure_connection = _checking_fork(next_in_mro)  # type: ignore[method-assign,assignment]
+        if ForkSafeMixin in cls.__bases__ and "_cursor" not in vars(cls):
+            # The query path: cursor() and chunked_cursor(), and through them
+            # savepoints, schema editors, introspection.
+            next_class = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1]
+            cls._cursor = _checking_fork(next_class)  # type: ignore[attr-defined]
 
     def connect(self) -> None:
+        # Also reached without a cursor: ensure_connection(), get_autocommit().
         registry.invalidate_if_forked()
         previous = self.connection
         super().connect()
         if previous is not None:  # Replaced without close(): left to the GC, as by Django.
             registry.untrack(previous)
+
+    def set_autocommit(self, *args: Any, **kwargs: Any) -> None:
+        # Atomic blocks start here; it talks to the server once connected.
+        registry.invalidate_if_forked()
+        super().set_autocommit(*args, **kwargs)
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
@@ -132,14 +136,17 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.health_check_done = False
 
 
-def _checking_fork(ensure_connection: Callable[[Any], None]) -> Callable[[Any], None]:
-    def checked_ensure_connection(self: Any) -> None:
+def _checking_fork(next_class: type) -> Callable[..., Any]:
+    def _cursor(self: Any, name: str | None = None) -> Any:
         # A process that did not fork pays one memory load and one branch.
+        # The next class's _cursor is looked up at each call, as super() would
+        # (patches of it are seen), without building a super object: a third
+        # of super()'s cost on CPython 3.11.
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
-        ensure_connection(self)
+        return next_class._cursor(self, name)  # type: ignore[attr-defined]
 
-    return functools.update_wrapper(checked_ensure_connection, ensure_connection)
+    return _cursor
 
 
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:

@@ -20,6 +20,31 @@ def record(run: str, source: str, n: int = 0) -> dict[str, Any]:
     return {"pid": event.pid, "session": event.session}
 
 
+def open_pool() -> None:
+    """Open this process's Django connection pool (OPTIONS["pool"]), if it
+    has one, and wait (bounded) for its min_size connections: a fork after
+    this inherits a pool with idle sessions in it."""
+    pool = getattr(connection, "pool", None)
+    if pool is not None:
+        pool.open(wait=True, timeout=10)
+
+
+def pooled_sessions() -> list[int]:
+    """Borrow min_size connections from this process's Django connection pool
+    (give back Django's first), query each, give them back: the sessions
+    the pool holds, usable."""
+    connection.close()
+    pool = connection.pool
+    held = []
+    try:
+        for _ in range(pool.min_size):
+            held.append(pool.getconn(timeout=5))
+        return [int(raw.execute("SELECT pg_backend_pid()").fetchone()[0]) for raw in held]
+    finally:
+        for raw in held:
+            pool.putconn(raw)
+
+
 def wait_on_server(seconds: float) -> None:
     """A slow query."""
     with connection.cursor() as cursor:

@@ -50,11 +50,13 @@ def with_getpid_checkout(wrapper_class: type[Any]) -> type[Any]:
     """The forksafe wrapper as it runs where the kernel refuses
     MADV_WIPEONFORK: the same checkout, reading the getpid() mark."""
 
+    next_class = wrapper_class.__mro__[wrapper_class.__mro__.index(ForkSafeMixin) + 1]
+
     class GetpidCheckout(wrapper_class):  # type: ignore[misc]
-        def ensure_connection(self) -> None:
+        def _cursor(self, name: str | None = None) -> Any:
             if not _PID_MARK[0]:
                 registry.invalidate_if_forked()
-            super(ForkSafeMixin, self).ensure_connection()  # type: ignore[misc]
+            return next_class._cursor(self, name)  # type: ignore[attr-defined]
 
     return GetpidCheckout
 
