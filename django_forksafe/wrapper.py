@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils.asyncio import async_unsafe
 
 from django_forksafe import pools, registry, sockets
 from django_forksafe.detection import PROCESS_MARK
@@ -46,11 +47,16 @@ class ForkSafeMixin(BaseDatabaseWrapper):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if ForkSafeMixin in cls.__bases__ and "_cursor" not in vars(cls):
-            # The query path: cursor() and chunked_cursor(), and through them
+        if ForkSafeMixin in cls.__bases__ and "cursor" not in vars(cls):
+            # The query path: cursor(), and through it chunked_cursor(),
             # savepoints, schema editors, introspection.
             next_class = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1]
-            cls._cursor = _checking_fork(next_class)  # type: ignore[attr-defined]
+            cls.cursor = _checked_cursor(next_class)  # type: ignore[method-assign,assignment]
+
+    def chunked_cursor(self) -> Any:
+        # PostgreSQL's server-side cursors go to _cursor() without cursor().
+        registry.invalidate_if_forked()
+        return super().chunked_cursor()
 
     def connect(self) -> None:
         # Also reached without a cursor: ensure_connection(), get_autocommit().
@@ -136,17 +142,28 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.health_check_done = False
 
 
-def _checking_fork(next_class: type) -> Callable[..., Any]:
-    def _cursor(self: Any, name: str | None = None) -> Any:
-        # A process that did not fork pays one memory load and one branch.
-        # The next class's _cursor is looked up at each call, as super() would
-        # (patches of it are seen), without building a super object: a third
-        # of super()'s cost on CPython 3.11.
+def _checked_cursor(next_class: type) -> Callable[[Any], Any]:
+    """cursor(), checking the process mark first: one memory load and one
+    branch in a process that did not fork."""
+    if next_class.cursor is BaseDatabaseWrapper.cursor:  # type: ignore[attr-defined]
+        # Django's own cursor() is `return self._cursor()` under async_unsafe.
+        # Written out here rather than called through super(), which would
+        # add a frame to every query: 1,300 more instructions per SQLite
+        # query (2.4 %), against 280 (0.5 %) this way, counted by callgrind.
+        @async_unsafe
+        def cursor(self: Any) -> Any:
+            if not PROCESS_MARK[0]:
+                registry.invalidate_if_forked()
+            return self._cursor()
+
+        return cursor
+
+    def checked_cursor(self: Any) -> Any:  # Around a backend's own cursor().
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
-        return next_class._cursor(self, name)  # type: ignore[attr-defined]
+        return next_class.cursor(self)  # type: ignore[attr-defined]  # Looked up each call, as by super().
 
-    return _cursor
+    return checked_cursor
 
 
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:

@@ -478,14 +478,14 @@ def test_control_connection_pool_children_use_parent_sessions() -> None:
     assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
 
 
-@pytest.mark.parametrize("scenario", ["child_closes", "child_queries", "fork_in_atomic"])
+@pytest.mark.parametrize("scenario", ["child_closes", "child_queries", "fork_in_atomic", "libc_fork_query"])
 def test_third_party_backend_made_forksafe(scenario: str) -> None:
     result = run(scenario, "postgresql", "thirdparty-forksafe")
     if scenario == "fork_in_atomic":
         assert result["committed_after_rollback"] == [2, 3]
     else:
         assert_kept_session(result)
-    if scenario == "child_queries":
+    if scenario in ("child_queries", "libc_fork_query"):  # libc: through the backend's own cursor().
         assert_child_reconnected(result)
 
 

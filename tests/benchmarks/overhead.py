@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -33,15 +34,19 @@ from typing import Any
 import django
 from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils.asyncio import async_unsafe
 
 from django_forksafe import registry
 from django_forksafe.detection import PidMark
-from django_forksafe.wrapper import ForkSafeMixin
 from tests import dbconfig
 
 QUERIES = {"sqlite3": 20000, "mysql": 3000, "postgresql": 3000}
-# Plain twice: their ratio is the noise floor of the measurement.
-VARIANTS = ("plain", "plain_again", "forksafe", "getpid")
+# "plain_subclass" is Django's wrapper class subclassed with nothing in it: the
+# same code under another type. CPython's specialising interpreter caches
+# attribute lookups per type, and these variants take turns through Django's
+# code, so any other type pays for the switches: measured against plain, an
+# empty subclass costs 1-4 %. Against it, what is left is our own cost.
+VARIANTS = ("plain", "plain_subclass", "forksafe", "getpid")
 SQLITE_FILE = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), "forksafe-bench.sqlite3")
 _PID_MARK = PidMark()
 
@@ -50,13 +55,12 @@ def with_getpid_checkout(wrapper_class: type[Any]) -> type[Any]:
     """The forksafe wrapper as it runs where the kernel refuses
     MADV_WIPEONFORK: the same checkout, reading the getpid() mark."""
 
-    next_class = wrapper_class.__mro__[wrapper_class.__mro__.index(ForkSafeMixin) + 1]
-
     class GetpidCheckout(wrapper_class):  # type: ignore[misc]
-        def _cursor(self, name: str | None = None) -> Any:
+        @async_unsafe
+        def cursor(self) -> Any:
             if not _PID_MARK[0]:
                 registry.invalidate_if_forked()
-            return next_class._cursor(self, name)  # type: ignore[attr-defined]
+            return self._cursor()
 
     return GetpidCheckout
 
@@ -77,8 +81,12 @@ def wrapper(vendor: str, variant: str) -> BaseDatabaseWrapper:
     engine = "plain" if variant.startswith("plain") else "forksafe"
     handler = ConnectionHandler({"default": {}, variant: dbconfig.database(vendor, engine, **name)})
     connection: BaseDatabaseWrapper = handler[variant]
-    if variant == "getpid":
-        connection.__class__ = with_getpid_checkout(type(connection))
+    wrapper_class = {
+        "plain_subclass": lambda cls: type("PlainSubclass", (cls,), {}),
+        "getpid": with_getpid_checkout,
+    }.get(variant)
+    if wrapper_class is not None:  # A new instance: __class__ assignment slows attribute access.
+        connection = wrapper_class(type(connection))(connection.settings_dict, variant)
     connection.ensure_connection()
     return connection
 
@@ -99,17 +107,26 @@ def compare(vendor: str, rounds: int) -> dict[str, float]:
     plain_wall: list[float] = []
     batch = 100  # Interleave finely, so that drift hits all variants alike.
     order = list(VARIANTS)
-    for round_number in range(rounds):
+    shuffle = random.Random(0).shuffle  # Every variant follows every other alike.
+    for _ in range(rounds):
         wall, cpu = dict.fromkeys(order, 0.0), dict.fromkeys(order, 0.0)
-        for batch_number in range(queries // batch):
-            for variant in order if (round_number + batch_number) % 2 else reversed(order):
-                batch_wall, batch_cpu = run_queries(connections[variant], batch)
-                wall[variant] += batch_wall
-                cpu[variant] += batch_cpu
+        gc.collect()
+        gc.disable()  # A collection would land on whichever variant runs then.
+        try:
+            for _ in range(queries // batch):
+                shuffle(order)
+                for variant in order:
+                    batch_wall, batch_cpu = run_queries(connections[variant], batch)
+                    wall[variant] += batch_wall
+                    cpu[variant] += batch_cpu
+        finally:
+            gc.enable()
         plain_wall.append(wall["plain"] / queries)
-        for variant in order[1:]:
+        for variant in VARIANTS[1:]:
             ratios.setdefault(f"{variant}_wall", []).append(wall[variant] / wall["plain"])
             ratios.setdefault(f"{variant}_cpu", []).append(cpu[variant] / cpu["plain"])
+        for variant in VARIANTS[2:]:
+            ratios.setdefault(f"{variant}_own", []).append(wall[variant] / wall["plain_subclass"])
     for variant, connection in connections.items():
         connection.connection = own_raw[variant]
         connection.close()
@@ -133,6 +150,21 @@ def syscalls(vendor: str, variant: str, queries: int) -> dict[str, int]:
             if len(fields) >= 5 and fields[3].isdigit():
                 counts[fields[-1]] = int(fields[3])
     return counts
+
+
+def instructions(vendor: str, variant: str, queries: int) -> int:
+    """Instructions (callgrind) of a process that runs `queries` queries."""
+    process = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
+         "tests.benchmarks.overhead", "--queries-only", vendor, variant, str(queries)],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    return int(process.stderr.rsplit("Collected : ", 1)[1].split()[0])
+
+
+def instructions_per_query(vendor: str, variant: str) -> float:
+    """Deterministic, unlike time: the difference between 5000 queries and 1000."""
+    return (instructions(vendor, variant, 5000) - instructions(vendor, variant, 1000)) / 4000
 
 
 def syscalls_per_query(vendor: str, variant: str) -> dict[str, float]:
@@ -196,14 +228,16 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {platform.python_implementation()} "
           f"{platform.python_version()}, Django {django.get_version()}, "
           f"{os.cpu_count()} CPUs, median of {args.rounds} alternating rounds")
-    print("per-query time over plain (wall clock; client CPU), and system calls per query:")
-    print(f"{'database':<11} {'plain µs':>8} {'plain/plain':>14} {'forksafe':>14} {'getpid':>14}"
+    print("per-query time over plain (wall clock; client CPU) [over plain_subclass], system calls per query:")
+    print(f"{'database':<11} {'plain µs':>8} {'plain_subclass':>14} {'forksafe':>22} {'getpid':>22}"
           "   system calls per query (of which getpid): plain, forksafe, getpid")
     available = [v for v in ("sqlite3", *dbconfig.SERVER_VENDORS) if not dbconfig.unreachable_reason(v)]
     for vendor in available:
         row = compare(vendor, args.rounds)
         ratios = "".join(
-            f" {row[f'{variant}_wall']:>6.3f} ({row[f'{variant}_cpu']:.3f})" for variant in VARIANTS[1:]
+            f" {row[f'{variant}_wall']:>6.3f} ({row[f'{variant}_cpu']:.3f})"
+            + (f" [{row[f'{variant}_own']:.3f}]" if f"{variant}_own" in row else "")
+            for variant in VARIANTS[1:]
         )
         counts = ""
         if shutil.which("strace"):
@@ -211,6 +245,12 @@ def main() -> None:
                 per_query = syscalls_per_query(vendor, variant)
                 counts += f" {per_query['total']:.2f} ({per_query.get('getpid', 0.0):.2f})"
         print(f"{vendor:<11} {row['plain_us']:>8.2f}{ratios}  {counts}")
+    if shutil.which("valgrind"):
+        print("\ninstructions per query (callgrind), SQLite file on tmpfs:")
+        executed = {variant: instructions_per_query("sqlite3", variant) for variant in ("plain", "forksafe", "getpid")}
+        print("  " + ", ".join(
+            f"{variant} {count:.0f} ({count / executed['plain']:.4f})" for variant, count in executed.items()
+        ))
     if os.path.exists(SQLITE_FILE):
         os.remove(SQLITE_FILE)
     print("\nchild's invalidation of inherited connections (no network I/O), µs:")

@@ -1,5 +1,6 @@
 """A "third-party" backend, defined only here: Django's PostgreSQL backend
-with a get_new_connection() of its own, as vendor backends have."""
+with a get_new_connection() and a cursor() of its own, as vendor and
+instrumentation backends have."""
 
 from typing import Any
 
@@ -7,5 +8,11 @@ from django.db.backends.postgresql import base
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    cursors_made = 0
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         return super().get_new_connection({**conn_params, "application_name": "thirdparty"})
+
+    def cursor(self) -> Any:
+        type(self).cursors_made += 1
+        return super().cursor()
