@@ -1,5 +1,6 @@
 # make demo: forksafe_check on testproject/, plain ENGINE vs forksafe ENGINE.
 # make test: the test suite, on the oldest and the newest supported versions.
+# Both set up what they need first (see tests/machine/setup.sh).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,9 @@ PYENV_BINS := $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.*/bin)
 empty :=
 space := $(empty) $(empty)
 export PATH := $(PATH)$(if $(PYENV_BINS),:$(subst $(space),:,$(PYENV_BINS)))
-TEST_ENVS ?= py311-django52,py313-django61,py312-django52-psycopg2,spatialite,mypy
+# The newest versions with everything, the oldest Python without the real
+# programs (half the time), psycopg2, SpatiaLite, the type and lint checks.
+TEST_ENVS ?= py313-django61,py310-django52-core,py312-django52-psycopg2,spatialite,mypy,lint
 
 .PHONY: demo test tox benchmark clean machine
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check --no-input
