@@ -37,15 +37,6 @@ from tests.test_servers import (
 )
 
 
-@contextmanager
-def monitoring(vendor: str) -> Iterator[Monitor]:
-    monitor = Monitor(vendor)
-    try:
-        yield monitor
-    finally:
-        monitor.conn.close()
-
-
 def within(seconds: float, condition: Callable[[], Any], what: str, log: Path | None = None) -> Any:
     """Poll `condition` (bounded) until it returns something true; return it."""
     deadline = time.monotonic() + seconds
@@ -120,7 +111,7 @@ def test_uwsgi_spooler_and_mule(vendor: str, style: str, hook: str, tmp_path: Pa
         vendor, "forksafe", FORKSAFE_REPORT=str(report), FORKSAFE_RUN=run, FORKSAFE_UWSGI_STYLE=style,
         FORKSAFE_UWSGI_HOOK=hook, FORKSAFE_POSTFORK_LOG=str(postfork_log),
     )
-    with monitoring(vendor) as monitor:
+    with Monitor(vendor) as monitor:
         try:
             with running(uwsgi_jobs_command(port, tmp_path / "spool"), env, port, log):
                 enqueue(port, "spooler", tasks)
@@ -160,7 +151,7 @@ def test_control_uwsgi_spooler_and_mule(vendor: str, tmp_path: Path) -> None:
     run = f"uwsgi-{uuid.uuid4().hex[:12]}"
     (tmp_path / "spool").mkdir()
     env = project_env(vendor, "plain", FORKSAFE_REPORT=str(report), FORKSAFE_RUN=run)
-    with monitoring(vendor) as monitor:
+    with Monitor(vendor) as monitor:
         try:
             with running(uwsgi_jobs_command(port, tmp_path / "spool"), env, port, log):
                 # One at a time: on one shared session, concurrent queries interleave.
@@ -255,7 +246,7 @@ def test_control_gunicorn_preload_asgi(tmp_path: Path) -> None:
     prepare("mysql")
     port, report, log = free_port(), tmp_path / "master.json", tmp_path / "gunicorn.log"
     env = project_env("mysql", "plain", FORKSAFE_CONN_MAX_AGE="600", FORKSAFE_REPORT=str(report))
-    with running(gunicorn_asgi_command(port), env, port, log), monitoring("mysql") as monitor:
+    with running(gunicorn_asgi_command(port), env, port, log), Monitor("mysql") as monitor:
         responses = hammer(port, path=ASYNC_PRODUCT)
         master = json.loads(report.read_text())
         within(20, lambda: not monitor.alive(master["session"]), "the master's session ends", log)
@@ -275,12 +266,12 @@ def server_databases(vendor: str) -> set[str]:
         "mysql": "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
         "postgresql": "SELECT datname FROM pg_database WHERE datname LIKE %s",
     }[vendor]
-    with monitoring(vendor) as monitor:
+    with Monitor(vendor) as monitor:
         return {row[0] for row in monitor.query(sql, (f"test_{TEST_DB}%",))}
 
 
 def drop_databases(vendor: str, names: set[str]) -> None:
-    with monitoring(vendor) as monitor:
+    with Monitor(vendor) as monitor:
         for name in names:
             force = " WITH (FORCE)" if vendor == "postgresql" else ""
             monitor.query(f'DROP DATABASE IF EXISTS {name}{force}')

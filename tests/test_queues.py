@@ -29,15 +29,6 @@ POOL_MIN_SIZE, POOL_MAX_SIZE = 2, 4  # testproject's OPTIONS["pool"] with FORKSA
 NO_CONNECTION = "couldn't get a connection"  # psycopg_pool.PoolTimeout
 
 
-@contextmanager
-def monitoring(vendor: str) -> Iterator[Monitor]:
-    monitor = Monitor(vendor)
-    try:
-        yield monitor
-    finally:
-        monitor.conn.close()
-
-
 def client_ports(pid: int, server_port: int) -> set[int]:
     """Local ports of the TCP connections to `server_port` whose sockets
     process `pid` holds (from /proc: Linux only)."""
@@ -90,7 +81,7 @@ def run_qcluster(vendor: str, engine: str, tmp_path: Path, timeout: int = 90) ->
     manage(vendor, "forksafe", "createcachetable", **env)
     log = tmp_path / "qcluster.log"
     command = [sys.executable, str(PROJECT / "manage.py"), "qcluster"]
-    with monitoring(vendor) as monitor, running(
+    with Monitor(vendor) as monitor, running(
         command, project_env(vendor, engine, FORKSAFE_READY_RUN=run, **env), None, log
     ) as cluster:
         ready = poll(lambda: events(vendor, run).get("ready"), "the main process's query")[0]
@@ -236,7 +227,7 @@ def run_celery_pool(engine: str, tmp_path: Path) -> dict[str, Any]:
         "--queues", queue, "--without-heartbeat", "--without-gossip", "--without-mingle",
         "--max-tasks-per-child", "1", "--loglevel", "INFO",
     ]
-    with monitoring("postgresql") as monitor, own_database(monitor, database):
+    with Monitor("postgresql") as monitor, own_database(monitor, database):
         manage("postgresql", "forksafe", "migrate", "--verbosity", "0", FORKSAFE_PG_NAME=database)
         manage("postgresql", "forksafe", "seed", "--products", "20", FORKSAFE_PG_NAME=database)
         before = sessions_established(monitor, database)

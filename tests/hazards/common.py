@@ -58,6 +58,12 @@ class Monitor:
             )
             self.conn.autocommit = True
 
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.conn.close()
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         cursor = self.conn.cursor()
         try:
