@@ -131,7 +131,11 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     ]
     aliases: list[str] = []
     if inherited or pools:
-        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+        except OSError:  # Out of descriptors: the connections are kept, unused, instead.
+            logger.exception("django-forksafe could not open %s", os.devnull)
+            devnull = -1
         try:
             for entry in inherited:
                 del _open_connections[id(entry.raw)]
@@ -149,7 +153,8 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
                 with _logged("could not drop an inherited connection pool"):
                     _forget_pool(pools_dict, alias, pool, devnull)
         finally:
-            os.close(devnull)
+            if devnull >= 0:
+                os.close(devnull)
     with _logged("could not silence the inherited sockets to the database servers"):
         sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
     with _logged("could not drop an inherited third-party connection pool"):
@@ -193,16 +198,21 @@ def _silence(raw: Any, devnull: int) -> None:
         fd = raw.fileno()
     except Exception:  # No such method (SQLite), or a broken connection.
         fd = -1
-    if not isinstance(fd, int) or fd < 0:
-        # Nothing to redirect: the driver must never touch this handle again,
-        # not even from its deallocator at interpreter exit. SQLite's rule
-        # for handles opened before fork() is exactly that.
+    if devnull < 0 or not isinstance(fd, int) or fd < 0:
+        # Nothing to redirect (or nothing to redirect to): the driver must
+        # never touch this handle again, not even from its deallocator at
+        # interpreter exit. SQLite's rule for handles opened before fork() is
+        # exactly that.
         keep_forever(raw)
         return
     # Redirect rather than os.close(): the descriptor number stays taken until
     # the driver's own close(), whose goodbye (COM_QUIT, Terminate, TLS
     # close_notify) and shutdown() now go nowhere.
-    os.dup2(devnull, fd, inheritable=False)
+    try:
+        os.dup2(devnull, fd, inheritable=False)
+    except BaseException:
+        keep_forever(raw)  # Never freed, so it never says goodbye.
+        raise
     with contextlib.suppress(Exception):
         raw.close()
 

@@ -330,6 +330,23 @@ def test_control_child_closes_raw_connection(vendor: str) -> None:
 
 
 @SERVERS
+def test_failure_to_silence_still_forgets_inherited_connection(vendor: str) -> None:
+    """Out of descriptors, the child cannot silence by redirection: it keeps
+    the inherited connection unused for good, and forgets it all the same."""
+    result = run("libc_fork_out_of_descriptors", vendor)
+    assert result["first_query"] != "succeeded"  # No descriptor for a connection of its own.
+    assert result["holds_inherited"] is False
+    assert result["child_session"] != result["parent_session"]  # Once descriptors are back.
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_control_out_of_descriptors_child_runs_on_parent_session(vendor: str) -> None:
+    result = run("libc_fork_out_of_descriptors", vendor, "plain")
+    assert result["first_query"] == "succeeded" and result["holds_inherited"] is True
+
+
+@SERVERS
 def test_raw_connection_outside_django_silenced_in_child(vendor: str) -> None:
     result = run("raw_connection_outside_django", vendor)
     assert result["raw_error"] is None

@@ -46,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     "libc_fork_post_fork_signal": detection.post_fork_signal(libc_fork),
     "registry_lock_held_at_fork": detection.registry_lock_held_at_fork,
     "signal_lock_held_at_fork": detection.signal_lock_held_at_fork,
+    "libc_fork_out_of_descriptors": detection.out_of_descriptors,
     # Transactions.
     "fork_in_atomic": transactions.fork_in_atomic,
     "fork_in_nested_atomic": lambda vendor, engine: transactions.fork_in_atomic(vendor, engine, nested=True),

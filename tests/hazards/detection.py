@@ -249,3 +249,36 @@ def signal_lock_held_at_fork(vendor: str, engine: str) -> Result:
         release.set()
         thread.join()
     return {**result, **parent.check(), "parent_session": parent.session_id}
+
+
+def out_of_descriptors(vendor: str, engine: str) -> Result:
+    """A child forked behind Python's back has no descriptor left when it
+    first queries: invalidation cannot open /dev/null, and the child cannot
+    connect. The inherited connection must be forgotten all the same."""
+    import resource
+
+    monitor = setup(vendor, engine)
+    parent = parent_of(monitor)
+
+    def work() -> Result:
+        from django.db import connection
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        filler = []
+        try:
+            while True:
+                filler.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            session_id()
+            first_query = "succeeded"
+        except Exception as exc:
+            first_query = f"{type(exc).__name__}: {exc}"
+        holds_inherited = id(connection.connection) == parent.raw_id
+        for fd in filler:
+            os.close(fd)
+        return {"first_query": first_query, "holds_inherited": holds_inherited, **child_session()}
+
+    return {**run_child(work, fork=libc_fork), **parent.check()}
