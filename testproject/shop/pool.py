@@ -33,10 +33,9 @@ def session() -> str:
     if connection.vendor == "sqlite":
         connection.ensure_connection()
         return f"handle {id(connection.connection):#x} in {os.getpid()}"
-    sql = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}[connection.vendor]
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return f"session {cursor.fetchone()[0]}"
+    from django_forksafe.hazards import session_id
+
+    return f"session {session_id()}"
 
 
 def price_of(start: int, stop: int) -> dict[str, Any]:

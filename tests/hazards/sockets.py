@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from django_forksafe.hazards import run_child
+from django_forksafe.hazards import SESSION_SQL, run_child, session_id
 from tests.hazards.common import Monitor, Result, setup
 
 
@@ -20,7 +20,7 @@ def raw_connection_outside_django(vendor: str, engine: str) -> Result:
 
     connection.ensure_connection()  # Django's own, to the same server.
     raw = Monitor(vendor)
-    session = raw.query(MONITOR_SESSION_SQL[vendor])[0][0]
+    session = raw.query(SESSION_SQL[vendor])[0][0]
 
     def work() -> Result:
         raw.conn.close()  # Sends COM_QUIT / Terminate, unless silenced.
@@ -28,15 +28,12 @@ def raw_connection_outside_django(vendor: str, engine: str) -> Result:
 
     result = run_child(work)
     try:
-        result["raw_same_session"] = raw.query(MONITOR_SESSION_SQL[vendor])[0][0] == session
+        result["raw_same_session"] = raw.query(SESSION_SQL[vendor])[0][0] == session
         result["raw_error"] = None
     except Exception as exc:
         result["raw_error"] = f"{type(exc).__name__}: {exc}"
     result["raw_session_on_server"] = Monitor(vendor).alive(session)
     return result
-
-
-MONITOR_SESSION_SQL = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
 
 
 def parent_dies_child_lives(vendor: str, engine: str) -> Result:
@@ -52,11 +49,8 @@ def parent_dies_child_lives(vendor: str, engine: str) -> Result:
     report_read, report_write = os.pipe()
     parent_pid = os.fork()
     if parent_pid == 0:
-        from django.db import connection
 
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT CONNECTION_ID()")
-            session = cursor.fetchone()[0]
+        session = session_id()
         child_pid = os.fork()
         if child_pid == 0:  # Lives on until released, holding nothing but what it inherited.
             os.close(report_write)
