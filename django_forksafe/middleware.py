@@ -15,7 +15,7 @@ class ForkSafeMiddleware:
     """
     Invalidate, silently, connections inherited from another process at the
     start of each request: for servers that fork behind Python's back. Put it
-    first in MIDDLEWARE. The check is one getpid() per request.
+    first in MIDDLEWARE. The check is one memory load per request (see detection).
     """
 
     sync_capable = True
