@@ -7,6 +7,8 @@ import os
 import socket
 from typing import Any
 
+from tests.backends import BACKENDS, backend_of
+
 SERVER_VENDORS = ("mysql", "postgresql")
 VENDORS = (*SERVER_VENDORS, "sqlite3")
 
@@ -66,8 +68,16 @@ ENGINES = {
     "thirdparty-forksafe": "tests.thirdparty_backend.forksafe",
     "gis-forksafe": "django_forksafe.backends.gis.{gis}",
     "gis-plain": "django.contrib.gis.db.backends.{gis}",
+    # Third-party backends and drivers (tests.backends), as is and fork-safe.
+    **{name: backend.engine for name, backend in BACKENDS.items()},
+    **{f"{name}-forksafe": backend.forksafe_engine for name, backend in BACKENDS.items()},
 }
 GIS_BACKENDS = {"mysql": "mysql", "postgresql": "postgis", "sqlite3": "spatialite"}
+
+
+def is_forksafe(engine: str) -> bool:
+    """Whether one of ENGINES is made fork-safe (else it is a control)."""
+    return engine == "forksafe" or engine.endswith("-forksafe")
 
 
 def database(vendor: str, engine: str = "forksafe", **extra: Any) -> dict[str, Any]:
@@ -75,5 +85,9 @@ def database(vendor: str, engine: str = "forksafe", **extra: Any) -> dict[str, A
     entry: dict[str, Any] = {"ENGINE": ENGINES[engine].format(vendor=vendor, gis=GIS_BACKENDS[vendor])}
     if vendor != "sqlite3":
         entry.update(server(vendor), OPTIONS=options(vendor))
+    backend = backend_of(engine)
+    if backend is not None:
+        assert backend.vendor == vendor, f"{engine} is a {backend.vendor} backend, not {vendor}"
+        entry.update({**backend.entry, "OPTIONS": {**entry["OPTIONS"], **backend.entry.get("OPTIONS", {})}})
     entry.update(extra)
     return entry

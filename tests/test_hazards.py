@@ -20,7 +20,7 @@ from tests.hazards import LIBC_FORK_TRIGGERS, SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)
-LOST_SESSION = ("Lost connection", "gone away", "server closed the connection")
+LOST_SESSION = ("Lost connection", "gone away", "server closed the connection", "Connection not available")
 
 
 def run(scenario: str, vendor: str, engine: str = "forksafe", **env: str) -> dict[str, Any]:
@@ -64,6 +64,60 @@ def assert_lost_session(result: dict[str, Any]) -> None:
 def assert_child_reconnected(result: dict[str, Any]) -> None:
     assert result["child_session"] != result["parent_session"]
     assert result["connection_created_in_child"]
+
+
+def assert_every_reply_right_from_own_session(result: dict[str, Any]) -> None:
+    """The concurrent scenarios: every reply the one asked for, each process
+    on one session of its own, the parent on its original one."""
+    processes = [result["parent"], *result["children"]]
+    assert [process.get("child_error") for process in processes] == [None] * len(processes)
+    assert [process["wrong_replies"] for process in processes] == [0] * len(processes)
+    sessions = [process["sessions"] for process in processes]
+    assert all(len(process_sessions) == 1 for process_sessions in sessions)
+    assert len({process_sessions[0] for process_sessions in sessions}) == len(processes)
+    assert result["parent"]["sessions"] == [result["parent_session"]]
+    assert_kept_session(result)
+
+
+def assert_child_outside_parent_transaction(result: dict[str, Any]) -> None:
+    """The fork_in_atomic scenarios, the child writing in the inherited block."""
+    # Inside the inherited block the child writes, in autocommit, on a
+    # session of its own...
+    assert "error_in_block" not in result and "error_leaving_block" not in result, result
+    assert result["session_in_block"] != result["parent_session"]
+    # ...leaving the block committed nothing of the parent's...
+    assert result["committed_before_rollback"] == [2, 3]
+    assert result["parent_sees_own_row"] is True
+    # ...nor ran the parent's on_commit callbacks...
+    assert result["on_commit_ran_in_child"] is False
+    assert result["session_after_block"] == result["session_in_block"]
+    # ...and the parent's rollback undid its own row, never the child's.
+    assert result["committed_after_rollback"] == [2, 3]
+    assert result["parent_on_commit_ran"] == []
+    assert result["parent_same_session"]
+
+
+def assert_child_committed_parent_transaction(result: dict[str, Any]) -> None:
+    assert result["session_in_block"] == result["parent_session"]
+    assert 1 in result["committed_before_rollback"]
+    assert 1 in result["committed_after_rollback"]  # The parent's rollback came too late.
+    assert result["on_commit_ran_in_child"] is True
+
+
+def assert_pool_workers_have_sessions_of_their_own(result: dict[str, Any]) -> None:
+    """The process pools started inside atomic()."""
+    tasks = result["tasks"]
+    assert [task.get("error") for task in tasks] == [None] * 8
+    assert result["committed"] == [1, 2, 3, 4, 5, 6, 7, 8]  # Not the parent's 0.
+    assert result["parent_session"] not in {task["session"] for task in tasks}
+    # Each worker kept one session of its own.
+    assert len({(task["pid"], task["session"]) for task in tasks}) == len({task["pid"] for task in tasks})
+    assert result["parent_same_session"]
+
+
+def assert_pool_workers_lost_writes_with_parent_transaction(result: dict[str, Any]) -> None:
+    # The workers wrote into the parent's transaction, and lost 1-4 with it.
+    assert not {1, 2, 3, 4} & set(result["committed"])
 
 
 CHILD_CLEANUPS = ["child_closes", "child_closes_all", "child_closes_old_connections"]
@@ -125,36 +179,19 @@ FORK_IN_ATOMIC = ["fork_in_atomic", "fork_in_nested_atomic", "libc_fork_in_atomi
 @SERVERS
 @pytest.mark.parametrize("scenario", FORK_IN_ATOMIC)
 def test_child_forked_inside_atomic_is_a_process_of_its_own(scenario: str, vendor: str) -> None:
-    result = run(scenario, vendor)
-    # Inside the inherited block the child writes, in autocommit, on a
-    # session of its own...
-    assert "error_in_block" not in result and "error_leaving_block" not in result, result
-    assert result["session_in_block"] != result["parent_session"]
-    # ...leaving the block committed nothing of the parent's...
-    assert result["committed_before_rollback"] == [2, 3]
-    assert result["parent_sees_own_row"] is True
-    # ...nor ran the parent's on_commit callbacks...
-    assert result["on_commit_ran_in_child"] is False
-    assert result["session_after_block"] == result["session_in_block"]
-    # ...and the parent's rollback undid its own row, never the child's.
-    assert result["committed_after_rollback"] == [2, 3]
-    assert result["parent_on_commit_ran"] == []
-    assert result["parent_same_session"]
+    assert_child_outside_parent_transaction(run(scenario, vendor))
 
 
 @SERVERS
 @pytest.mark.parametrize("scenario", FORK_IN_ATOMIC)
 def test_control_child_leaving_atomic_commits_parent_transaction(scenario: str, vendor: str) -> None:
     result = run(scenario, vendor, "plain")
-    assert result["session_in_block"] == result["parent_session"]
-    assert 1 in result["committed_before_rollback"]
+    assert_child_committed_parent_transaction(result)
     if scenario == "fork_in_nested_atomic":  # The child released the parent's savepoint.
         assert any(
             words in result["error_leaving_block"]
             for words in ("does not exist", "can only be used in transaction blocks")  # psycopg 3, psycopg2
         ), result["error_leaving_block"]
-    assert 1 in result["committed_after_rollback"]
-    assert result["on_commit_ran_in_child"] is True
 
 
 @SERVERS
@@ -199,34 +236,18 @@ POOLS_IN_ATOMIC = ["multiprocessing_pool_started_in_atomic", "process_pool_execu
 @SERVERS
 @pytest.mark.parametrize("scenario", POOLS_IN_ATOMIC)
 def test_process_pool_started_inside_atomic_keeps_serving(scenario: str, vendor: str) -> None:
-    result = run(scenario, vendor)
-    tasks = result["tasks"]
-    assert [task.get("error") for task in tasks] == [None] * 8
-    assert result["committed"] == [1, 2, 3, 4, 5, 6, 7, 8]  # Not the parent's 0.
-    assert result["parent_session"] not in {task["session"] for task in tasks}
-    # Each worker kept one session of its own.
-    assert len({(task["pid"], task["session"]) for task in tasks}) == len({task["pid"] for task in tasks})
-    assert result["parent_same_session"]
+    assert_pool_workers_have_sessions_of_their_own(run(scenario, vendor))
 
 
 @SERVERS
 @pytest.mark.parametrize("scenario", POOLS_IN_ATOMIC)
 def test_control_process_pool_started_inside_atomic(scenario: str, vendor: str) -> None:
-    result = run(scenario, vendor, "plain")
-    # The workers wrote into the parent's transaction, and lost 1-4 with it.
-    assert not {1, 2, 3, 4} & set(result["committed"])
+    assert_pool_workers_lost_writes_with_parent_transaction(run(scenario, vendor, "plain"))
 
 
 @SERVERS
 def test_parent_and_children_query_concurrently(vendor: str) -> None:
-    result = run("concurrent", vendor)
-    processes = [result["parent"], *result["children"]]
-    assert [process["wrong_replies"] for process in processes] == [0] * len(processes)
-    sessions = [process["sessions"] for process in processes]
-    assert all(len(process_sessions) == 1 for process_sessions in sessions)
-    assert len({process_sessions[0] for process_sessions in sessions}) == len(processes)
-    assert result["parent"]["sessions"] == [result["parent_session"]]
-    assert_kept_session(result)
+    assert_every_reply_right_from_own_session(run("concurrent", vendor))
 
 
 @SERVERS
@@ -297,12 +318,7 @@ def test_getpid_fallback(scenario: str, vendor: str) -> None:
 def test_libc_fork_concurrent_first_queries(vendor: str) -> None:
     result = run("libc_fork_concurrent", vendor)
     assert result["detection"] == "MADV_WIPEONFORK"
-    processes = [result["parent"], *result["children"]]
-    assert [process["wrong_replies"] for process in processes] == [0] * len(processes)
-    sessions = [process["sessions"] for process in processes]
-    assert all(len(process_sessions) == 1 for process_sessions in sessions)
-    assert len({process_sessions[0] for process_sessions in sessions}) == len(processes)
-    assert_kept_session(result)
+    assert_every_reply_right_from_own_session(result)
 
 
 @SERVERS
@@ -358,16 +374,6 @@ def test_control_raw_connection_outside_django(vendor: str) -> None:
     result = run("raw_connection_outside_django", vendor, "plain")
     assert any(message in result["raw_error"] for message in LOST_SESSION), result
     assert not result["raw_session_on_server"]
-
-
-def test_driver_without_fileno_releases_inherited_socket() -> None:
-    """PyMySQL: the parent's session ends when the parent dies, not when its
-    last child does."""
-    assert run("pymysql_parent_dies_child_lives", "mysql")["session_ended_with_parent"] is True
-
-
-def test_control_driver_without_fileno_session_outlives_parent() -> None:
-    assert run("pymysql_parent_dies_child_lives", "mysql", "plain")["session_ended_with_parent"] is False
 
 
 @SERVERS

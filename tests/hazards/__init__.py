@@ -37,7 +37,7 @@ SCENARIOS: dict[str, Scenario] = {
     "several_aliases": basic.several_aliases,
     # Sockets Django never saw.
     "raw_connection_outside_django": sockets.raw_connection_outside_django,
-    "pymysql_parent_dies_child_lives": sockets.parent_dies_child_lives,
+    "parent_dies_child_lives": sockets.parent_dies_child_lives,
     # Forks behind Python's back.
     "libc_fork_child_exits": lambda vendor, engine: basic.child_exits(vendor, engine, libc_fork),
     "libc_fork_concurrent": lambda vendor, engine: basic.concurrent(vendor, engine, libc_fork),
@@ -64,8 +64,9 @@ SCENARIOS: dict[str, Scenario] = {
     "pool": pools.pool,
     "pool_warmed_up": lambda vendor, engine: pools.pool(vendor, engine, warm_up_only=True),
     "pool_beside_plain_alias": pools.pool_beside_plain_alias,
-    **{f"{library}_pool": pools.third_party_pool(library) for library in ("connpool", "geventpool")},
-    **{f"{library}_pool_child_exits": pools.third_party_pool(library, True) for library in ("connpool", "geventpool")},
+    # Third-party pools (ENGINE one of tests.backends' with a pool).
+    "third_party_pool": pools.third_party_pool(),
+    "third_party_pool_child_exits": pools.third_party_pool(child_only_exits=True),
     # SQLite.
     "sqlite_file": sqlite.sqlite_file,
     "sqlite_memory": sqlite.sqlite_memory,

@@ -5,7 +5,9 @@ import sys
 
 from django_forksafe import detection
 from tests.hazards import SCENARIOS
+from tests.hazards.common import DRIVER_CLASSES
 
 name, vendor, engine = sys.argv[1:4]
 observations = SCENARIOS[name](vendor, engine)
-print(json.dumps({**observations, "detection": detection.METHOD}))
+# A scenario whose connections are opened in a child of its own reports their drivers itself.
+print(json.dumps({"detection": detection.METHOD, "driver_classes": sorted(DRIVER_CLASSES), **observations}))

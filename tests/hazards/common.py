@@ -16,6 +16,7 @@ from django.conf import settings
 
 from django_forksafe.hazards import Parent, session_id
 from tests import dbconfig
+from tests.backends import backend_of
 
 Result = dict[str, Any]
 Scenario = Callable[[str, str], Result]
@@ -79,6 +80,15 @@ class Monitor:
             sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s"
         return bool(self.query(sql, (session_id,))[0][0])
 
+    def client_ports(self) -> dict[int, int]:
+        """The client's TCP port of each session on our test database."""
+        if self.vendor == "mysql":
+            sql = "SELECT ID, HOST FROM information_schema.PROCESSLIST WHERE DB = %s"
+        else:
+            sql = "SELECT pid, client_port FROM pg_stat_activity WHERE datname = %s"
+        rows = self.query(sql, (dbconfig.server(self.vendor)["NAME"],))
+        return {int(session): port for session, client in rows if (port := client_port(client)) is not None}
+
     def sessions(self) -> set[int]:
         """Sessions on our test database, this monitor's own included."""
         if self.vendor == "mysql":
@@ -110,7 +120,24 @@ class Monitor:
         return new
 
 
+# The raw connection classes Django opened here: the driver in use.
+DRIVER_CLASSES: set[str] = set()
+
+
+def client_port(client: object) -> Any:
+    """PostgreSQL's client_port, or the port in MySQL's HOST ("127.0.0.1:40134")."""
+    if isinstance(client, int):
+        return client
+    host, _, port = str(client or "").rpartition(":")
+    return int(port) if host and port.isdigit() else None
+
+
 def setup(vendor: str, engine: str, **options: Any) -> Monitor | None:
+    backend = backend_of(engine)
+    if backend is not None and backend.install_as_mysqldb:
+        import pymysql
+
+        pymysql.install_as_MySQLdb()  # The monitor's driver too.
     databases = options.pop("DATABASES", None) or {
         "default": dbconfig.database(
             vendor,
@@ -120,6 +147,13 @@ def setup(vendor: str, engine: str, **options: Any) -> Monitor | None:
     }
     settings.configure(DATABASES=databases, USE_TZ=True, **options)
     django.setup()
+    from django.db.backends.signals import connection_created
+
+    def record_driver(connection: Any, **kwargs: Any) -> None:
+        raw_class = type(connection.connection)
+        DRIVER_CLASSES.add(f"{raw_class.__module__}.{raw_class.__qualname__}")
+
+    connection_created.connect(record_driver, weak=False)
     return Monitor(vendor) if vendor in dbconfig.SERVER_VENDORS else None
 
 

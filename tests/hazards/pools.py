@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from django_forksafe.hazards import run_child, session_id
 from tests import dbconfig
-from tests.hazards.common import Result, parent_of, setup
+from tests.backends import backend_of
+from tests.hazards.common import Result, client_port, parent_of, setup
 
 
 def pool(vendor: str, engine: str, warm_up_only: bool = False) -> Result:
@@ -61,21 +63,30 @@ def pool(vendor: str, engine: str, warm_up_only: bool = False) -> Result:
     return result
 
 
-# Third-party pools: (library, vendor) -> (made fork-safe in a base.py, as is).
-THIRD_PARTY_POOLS = {
-    ("connpool", "mysql"): ("tests.pool_backends.connpool_mysql", "dj_db_conn_pool.backends.mysql"),
-    ("connpool", "postgresql"): ("tests.pool_backends.connpool_postgresql", "dj_db_conn_pool.backends.postgresql"),
-    ("geventpool", "postgresql"): (
-        "tests.pool_backends.geventpool",
-        "django_db_geventpool.backends.postgresql_psycopg3",
-    ),
+CLIENT_PORT_SQL = {
+    "mysql": "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()",
+    "postgresql": "SELECT client_port FROM pg_stat_activity WHERE pid = pg_backend_pid()",
 }
 
 
-def third_party_pool(library: str, child_only_exits: bool = False) -> Callable[[str, str], Result]:
-    """The parent's pool holds idle sessions when it forks. The child either
-    queries (twice, giving its connection back in between) or only exits
-    through interpreter finalisation (which frees the inherited pool)."""
+def session_and_port(vendor: str) -> tuple[int, int]:
+    """This process's session id and its client port, as the server sees them."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(CLIENT_PORT_SQL[vendor])
+        port = client_port(cursor.fetchone()[0])
+    return session_id(), port
+
+
+POOL_SIZE = 3  # As tests.backends configures the pools.
+
+
+def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Result]:
+    """A third-party pool (ENGINE one of tests.backends' with a pool) holds
+    idle sessions when the parent forks. The child either queries (twice,
+    giving its connection back in between) or only exits through
+    interpreter finalisation (which frees the inherited pool)."""
 
     def scenario(vendor: str, engine: str) -> Result:
         import sys
@@ -83,28 +94,36 @@ def third_party_pool(library: str, child_only_exits: bool = False) -> Callable[[
         from django_forksafe.hazards import child_report, fork_child
         from tests.hazards.common import Monitor
 
-        forksafe_engine, plain_engine = THIRD_PARTY_POOLS[(library, vendor)]
-        entry = dbconfig.database(vendor, "plain", ENGINE=forksafe_engine if engine == "forksafe" else plain_engine)
-        if library == "connpool":
-            entry["POOL_OPTIONS"] = {"POOL_SIZE": 3, "MAX_OVERFLOW": 0}
-        else:
-            entry["OPTIONS"] = {**entry["OPTIONS"], "MAX_CONNS": 3}
-        monitor = setup(vendor, engine, DATABASES={"default": entry})
+        backend = backend_of(engine)
+        assert backend is not None and backend.pool is not None, f"{engine} has no pool of its own"
+        monitor = setup(vendor, engine)
         assert monitor is not None
         from django.db import connection
 
         before = monitor.sessions()
-        for _ in range(3):  # Used and given back: idle in the pool.
+        # Three threads hold a connection at once, then give it back: the
+        # pool keeps three idle sessions.
+        holding = threading.Barrier(POOL_SIZE)
+
+        def hold() -> None:
             session_id()
+            holding.wait(timeout=30)
             connection.close()
+
+        threads = [threading.Thread(target=hold) for _ in range(POOL_SIZE)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         parent_pool = monitor.sessions() - before
+        parent_ports = [port for session, port in monitor.client_ports().items() if session in parent_pool]
 
         def pool_identity() -> int:
-            if library == "connpool":
+            if backend.pool == "connpool":
                 from dj_db_conn_pool.core import pool_container
 
                 return id(pool_container.get("default"))
-            return id(connection._pool)  # type: ignore[attr-defined]
+            return id(connection.pool)  # type: ignore[attr-defined]  # Cached on the wrapper too.
 
         inherited_pool = pool_identity()
         if child_only_exits:
@@ -118,12 +137,17 @@ def third_party_pool(library: str, child_only_exits: bool = False) -> Callable[[
         else:
 
             def work() -> Result:
-                first = session_id()
+                first = session_and_port(vendor)
                 connection.close()
-                return {"sessions": [first, session_id()], "fresh_pool": pool_identity() != inherited_pool}
+                second = session_and_port(vendor)
+                return {
+                    "sessions": [first[0], second[0]],
+                    "client_ports": [first[1], second[1]],
+                    "fresh_pool": pool_identity() != inherited_pool,
+                }
 
             child = child_report(*fork_child(work))
-        result: Result = {**child, "parent_pool": sorted(parent_pool)}
+        result: Result = {**child, "parent_pool": sorted(parent_pool), "parent_pool_ports": sorted(parent_ports)}
         result["parent_pool_alive"] = parent_pool <= monitor.sessions()
         try:
             result["parent_session_after"] = session_id()

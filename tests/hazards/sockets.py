@@ -1,6 +1,6 @@
 """
 Sockets Django never saw: a raw driver connection opened outside Django,
-and a driver without fileno() (PyMySQL). Silenced in a child all the same.
+and a driver without fileno() (PyMySQL, mysql-connector). Silenced in a child all the same.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import os
 
 from django_forksafe.hazards import SESSION_SQL, run_child, session_id
-from tests.hazards.common import Monitor, Result, setup
+from tests.hazards.common import DRIVER_CLASSES, Monitor, Result, setup
 
 
 def raw_connection_outside_django(vendor: str, engine: str) -> Result:
@@ -38,12 +38,10 @@ def raw_connection_outside_django(vendor: str, engine: str) -> Result:
 
 def parent_dies_child_lives(vendor: str, engine: str) -> Result:
     """The parent (here a child of the scenario) opens Django's connection
-    through PyMySQL, forks a child that lives on, and dies. Its session must
+    through a driver without fileno() (ENGINE one of tests.backends': PyMySQL,
+    mysql-connector), forks a child that lives on, and dies. Its session must
     end with it, not when the child ends."""
-    import pymysql
-
-    pymysql.install_as_MySQLdb()
-    monitor = setup("mysql", engine)
+    monitor = setup(vendor, engine)
     assert monitor is not None
     release_read, release_write = os.pipe()
     report_read, report_write = os.pipe()
@@ -56,7 +54,8 @@ def parent_dies_child_lives(vendor: str, engine: str) -> Result:
             os.close(report_write)
             os.read(release_read, 1)
             os._exit(0)
-        os.write(report_write, json.dumps({"session": session, "child_pid": child_pid}).encode())
+        report = {"session": session, "child_pid": child_pid, "driver_classes": sorted(DRIVER_CLASSES)}
+        os.write(report_write, json.dumps(report).encode())
         os._exit(0)  # No goodbye: the server learns of it from the socket alone.
     os.close(report_write)
     with os.fdopen(report_read) as pipe:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django_forksafe.hazards import child_report, session_id
+from tests import dbconfig
 from tests.hazards.common import SCENARIO_PID, Result, setup
 
 
@@ -164,7 +165,7 @@ def pool_started_in_atomic(kind: str) -> Callable[[str, str], Result]:
             cursor.execute(f"CREATE TABLE {table} (v INTEGER)")
         parent_session = session_id()
         context = multiprocessing.get_context("fork")
-        workers = 2 if engine == "forksafe" else 1
+        workers = 2 if dbconfig.is_forksafe(engine) else 1
         pool: Any = (
             context.Pool(workers) if kind == "multiprocessing" else ProcessPoolExecutor(workers, mp_context=context)
         )

@@ -1,0 +1,5 @@
+from django_db_geventpool.backends.postgresql_psycopg2 import base
+
+from django_forksafe import forksafe
+
+DatabaseWrapper = forksafe(base.DatabaseWrapper)

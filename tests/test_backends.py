@@ -1,0 +1,195 @@
+"""
+Every third-party backend and driver of tests.backends, made fork-safe by
+forksafe() in the README's three-line base.py: PyMySQL, mysql-connector-python
+(C extension and pure Python), django-prometheus (MySQL, PostgreSQL, and
+Django's pool), django-db-connection-pool (MySQL, PostgreSQL) and
+django-db-geventpool (with the environment's psycopg). Each hazard, and the
+same with the backend as is for the control wherever that fails
+deterministically.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytest
+
+from tests import dbconfig
+from tests.backends import BACKENDS
+from tests.test_hazards import (
+    assert_child_committed_parent_transaction,
+    assert_child_outside_parent_transaction,
+    assert_every_reply_right_from_own_session,
+    assert_kept_session,
+    assert_lost_session,
+    assert_pool_workers_have_sessions_of_their_own,
+    assert_pool_workers_lost_writes_with_parent_transaction,
+    run,
+)
+
+ALL = pytest.mark.parametrize("backend", list(BACKENDS))
+POOLS = pytest.mark.parametrize("backend", [name for name, backend in BACKENDS.items() if backend.pool])
+# Without a pool of their own, close() really closes: the driver says goodbye
+# on the shared socket. A pool takes the connection back instead (the
+# child then runs on the parent's pooled sessions: see the pool tests).
+WITHOUT_POOL = pytest.mark.parametrize("backend", [name for name, backend in BACKENDS.items() if not backend.pool])
+# mysqlclient (under django-prometheus and django-db-connection-pool too) and
+# mysql-connector's C extension send COM_QUIT when a connection is freed, at
+# the child's exit; PyMySQL, mysql-connector in pure Python and psycopg send
+# nothing, so the child's exit shows no failure there.
+GOODBYE_AT_EXIT = pytest.mark.parametrize(
+    "backend", [name for name in ("connector_c", "prometheus_mysql", "connpool_mysql") if name in BACKENDS]
+)
+
+
+@pytest.fixture(autouse=True)
+def installed(request: pytest.FixtureRequest) -> None:
+    """The libraries are in the test extra: missing, they fail in CI."""
+    backend = request.node.callspec.params.get("backend") if hasattr(request.node, "callspec") else None
+    for module in BACKENDS[backend].requires if backend else ():
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            if dbconfig.in_ci():
+                pytest.fail(f"{module} is not installed ({exc}): pip install -e '.[test]'")
+            pytest.skip(f"{module} is not installed")
+
+
+def run_backend(scenario: str, backend: str, forksafe: bool = True) -> dict[str, Any]:
+    result = run(scenario, BACKENDS[backend].vendor, f"{backend}-forksafe" if forksafe else backend)
+    expected_driver = BACKENDS[backend].driver_class
+    if expected_driver is not None:  # The driver this case is about, not another one.
+        assert result["driver_classes"] == [expected_driver]
+    return result
+
+
+@ALL
+def test_child_closes(backend: str) -> None:
+    assert_kept_session(run_backend("child_closes", backend))
+
+
+@WITHOUT_POOL
+def test_control_child_closes(backend: str) -> None:
+    assert_lost_session(run_backend("child_closes", backend, forksafe=False))
+
+
+@ALL
+def test_child_exits(backend: str) -> None:
+    result = run_backend("child_exits", backend)
+    assert result["child_exit_status"] == 0
+    assert_kept_session(result)
+
+
+@GOODBYE_AT_EXIT
+def test_control_child_exits(backend: str) -> None:
+    assert_lost_session(run_backend("child_exits", backend, forksafe=False))
+
+
+# Drivers without fileno(): the child cannot point the descriptor elsewhere
+# through the driver; the socket layer finds it by its peer.
+WITHOUT_FILENO = pytest.mark.parametrize("backend", ["pymysql", "connector_c", "connector_pure"])
+
+
+@WITHOUT_FILENO
+def test_driver_without_fileno_releases_inherited_socket(backend: str) -> None:
+    """The parent's session ends when the parent dies, not when its last
+    child does."""
+    assert run_backend("parent_dies_child_lives", backend)["session_ended_with_parent"] is True
+
+
+@WITHOUT_FILENO
+def test_control_driver_without_fileno_session_outlives_parent(backend: str) -> None:
+    result = run_backend("parent_dies_child_lives", backend, forksafe=False)
+    assert result["session_ended_with_parent"] is False  # Within the 10 s bound.
+
+
+@ALL
+def test_parent_and_children_query_concurrently(backend: str) -> None:
+    # No control: on one shared session the outcome is wrong replies,
+    # errors or a hang, in no set order.
+    assert_every_reply_right_from_own_session(run_backend("concurrent", backend))
+
+
+@ALL
+def test_fork_inside_atomic_then_parent_rolls_back(backend: str) -> None:
+    assert_child_outside_parent_transaction(run_backend("fork_in_atomic", backend))
+
+
+@ALL
+def test_control_fork_inside_atomic(backend: str) -> None:
+    assert_child_committed_parent_transaction(run_backend("fork_in_atomic", backend, forksafe=False))
+
+
+@ALL
+def test_multiprocessing_fork_pool_started_inside_atomic(backend: str) -> None:
+    assert_pool_workers_have_sessions_of_their_own(run_backend("multiprocessing_pool_started_in_atomic", backend))
+
+
+@ALL
+def test_control_multiprocessing_fork_pool(backend: str) -> None:
+    result = run_backend("multiprocessing_pool_started_in_atomic", backend, forksafe=False)
+    assert_pool_workers_lost_writes_with_parent_transaction(result)
+
+
+# The pool libraries: the parent's pool holds three idle sessions when it forks.
+
+
+@POOLS
+def test_child_gets_a_fresh_pool_and_sessions_of_its_own(backend: str) -> None:
+    result = run_backend("third_party_pool", backend)
+    assert len(result["parent_pool"]) == len(result["parent_pool_ports"]) == 3
+    assert result["fresh_pool"]
+    # Never one of the parent's, by session id and by client port.
+    assert not set(result["sessions"]) & set(result["parent_pool"])
+    assert not set(result["client_ports"]) & set(result["parent_pool_ports"])
+    assert result["parent_pool_alive"]
+    assert result["parent_error"] is None
+    assert result["parent_session_after"] in result["parent_pool"]  # Its pool still serves it.
+
+
+@POOLS
+def test_control_child_runs_on_parent_pooled_sessions(backend: str) -> None:
+    result = run_backend("third_party_pool", backend, forksafe=False)
+    assert result["fresh_pool"] is False
+    assert set(result["sessions"]) <= set(result["parent_pool"])
+    assert set(result["client_ports"]) <= set(result["parent_pool_ports"])
+
+
+@POOLS
+def test_child_that_only_exits_leaves_parent_pool_alive(backend: str) -> None:
+    result = run_backend("third_party_pool_child_exits", backend)
+    assert result["child_exit_status"] == 0
+    assert len(result["parent_pool"]) == 3
+    assert result["parent_pool_alive"]
+    assert result["parent_session_after"] in result["parent_pool"]
+
+
+def test_control_child_exit_ends_parent_pooled_sessions() -> None:
+    # mysqlclient's deallocator sends COM_QUIT as the inherited pool is freed
+    # (psycopg's sends nothing); the pool then silently hands the parent a
+    # new session.
+    result = run_backend("third_party_pool_child_exits", "connpool_mysql", forksafe=False)
+    assert not result["parent_pool_alive"]
+    assert result["parent_session_after"] not in result["parent_pool"]
+
+
+# django-prometheus over Django's own PostgreSQL pool (psycopg 3).
+
+
+def test_prometheus_over_django_pool() -> None:
+    pytest.importorskip("psycopg_pool", reason="Django's connection pool needs psycopg 3")
+    result = run_backend("pool", "prometheus_postgresql")
+    assert_kept_session(result)
+    parent_pool = set(result["parent_pool_sessions"])
+    for child in result["children"]:
+        assert not parent_pool & set(child["sessions"])
+    assert result["parent_pool_alive"]
+    assert result["parent_errors"] == []
+
+
+def test_control_prometheus_over_django_pool() -> None:
+    pytest.importorskip("psycopg_pool", reason="Django's connection pool needs psycopg 3")
+    result = run_backend("pool", "prometheus_postgresql", forksafe=False)
+    parent_pool = set(result["parent_pool_sessions"])
+    assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
