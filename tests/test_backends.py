@@ -20,6 +20,7 @@ from tests.backends import BACKENDS
 from tests.test_hazards import (
     assert_child_committed_parent_transaction,
     assert_child_outside_parent_transaction,
+    assert_child_reconnected,
     assert_every_reply_right_from_own_session,
     assert_kept_session,
     assert_lost_session,
@@ -84,6 +85,20 @@ def test_child_exits(backend: str) -> None:
 @GOODBYE_AT_EXIT
 def test_control_child_exits(backend: str) -> None:
     assert_lost_session(run_backend("child_exits", backend, forksafe=False))
+
+
+@ALL
+def test_child_forked_through_libc_queries(backend: str) -> None:
+    """No at-fork handler ran: the first checkout notices the fork."""
+    result = run_backend("libc_fork_query", backend)
+    assert_child_reconnected(result)
+    assert_kept_session(result)
+
+
+@ALL
+def test_control_child_forked_through_libc_queries(backend: str) -> None:
+    result = run_backend("libc_fork_query", backend, forksafe=False)
+    assert result["child_session"] == result["parent_session"]
 
 
 # Drivers without fileno(): the child cannot point the descriptor elsewhere

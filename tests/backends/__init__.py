@@ -91,8 +91,12 @@ BACKENDS = {
             ("django_db_geventpool", "gevent", module),
             {"OPTIONS": {"MAX_CONNS": 3}},
             pool="geventpool",
+            driver_class=driver_class,
         )
-        for driver, module in (("psycopg3", "psycopg"), ("psycopg2", "psycopg2"))
+        for driver, module, driver_class in (
+            ("psycopg3", "psycopg", "psycopg.Connection"),
+            ("psycopg2", "psycopg2", "psycopg2.extensions.connection"),
+        )
         if module == _postgresql_driver()
     },
 }

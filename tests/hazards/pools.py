@@ -1,4 +1,4 @@
-"""Django's PostgreSQL connection pool in a child."""
+"""Connection pools in a child: Django's PostgreSQL pool, and third-party pools."""
 
 from __future__ import annotations
 
