@@ -57,3 +57,15 @@ def test_fork_inside_atomic_through_pgbouncer() -> None:
 
 def test_control_fork_inside_atomic_through_pgbouncer() -> None:
     assert 1 in run("fork_in_atomic", "postgresql", "plain")["committed_after_rollback"]
+
+
+def test_raw_connection_through_pgbouncer_silenced_in_child() -> None:
+    """A driver connection opened outside Django, to PgBouncer as the
+    settings name it: the socket layer silences it in the child too."""
+    result = run("raw_connection_outside_django", "postgresql")
+    assert result["raw_error"] is None
+
+
+def test_control_raw_connection_through_pgbouncer() -> None:
+    result = run("raw_connection_outside_django", "postgresql", "plain")
+    assert "server closed the connection" in result["raw_error"], result
