@@ -66,6 +66,9 @@ ENGINES = {
     # A third-party PostgreSQL backend, as is and made fork-safe by forksafe().
     "thirdparty": "tests.thirdparty_backend",
     "thirdparty-forksafe": "tests.thirdparty_backend.forksafe",
+    # A MySQL connection pool that no adapter of django_forksafe.pools knows.
+    "unknown_pool": "tests.backends.unknown_pool",
+    "unknown_pool-forksafe": "tests.backends.unknown_pool.forksafe",
     "gis-forksafe": "django_forksafe.backends.gis.{gis}",
     "gis-plain": "django.contrib.gis.db.backends.{gis}",
     # Third-party backends and drivers (tests.backends), as is and fork-safe.

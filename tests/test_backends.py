@@ -208,3 +208,31 @@ def test_control_prometheus_over_django_pool() -> None:
     result = run_backend("pool", "prometheus_postgresql", forksafe=False)
     parent_pool = set(result["parent_pool_sessions"])
     assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
+
+
+# A pool that no adapter knows (tests.backends.unknown_pool, on MySQL): the
+# socket layer alone still keeps every one of the parent's sessions.
+
+
+def test_unknown_pool_parent_sessions_unreachable_from_child() -> None:
+    result = run("unknown_pool", "mysql", "unknown_pool-forksafe")
+    # The child's inherited idle connection reads as closed by the server...
+    assert "gone away" in result["child_query_error"] or "Lost connection" in result["child_query_error"]
+    # ...and nothing of it reached the parent's sessions, not even at exit.
+    assert result["child_exit_status"] == 0
+    assert result["parent_pool_alive"]
+    assert result["parent_errors"] == []
+    assert set(result["parent_sessions_after"]) <= set(result["parent_pool"])
+
+
+def test_control_unknown_pool() -> None:
+    result = run("unknown_pool", "mysql", "unknown_pool")
+    assert result["child_session"] in result["parent_pool"]  # The parent's session.
+    assert not result["parent_pool_alive"]  # Ended by the child's exit.
+
+
+def test_unknown_pool_dropped_in_post_fork_receiver() -> None:
+    result = run("unknown_pool_dropped_in_post_fork", "mysql", "unknown_pool-forksafe")
+    assert result["child_session"] not in result["parent_pool"]
+    assert result["parent_pool_alive"]
+    assert result["parent_errors"] == []

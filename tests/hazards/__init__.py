@@ -67,6 +67,8 @@ SCENARIOS: dict[str, Scenario] = {
     # Third-party pools (ENGINE one of tests.backends' with a pool).
     "third_party_pool": pools.third_party_pool(),
     "third_party_pool_child_exits": pools.third_party_pool(child_only_exits=True),
+    "unknown_pool": pools.unknown_pool(),
+    "unknown_pool_dropped_in_post_fork": pools.unknown_pool(drop_in_post_fork=True),
     # SQLite.
     "sqlite_file": sqlite.sqlite_file,
     "sqlite_memory": sqlite.sqlite_memory,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_forksafe.hazards import run_child, session_id
+from django_forksafe.hazards import child_report, fork_child, run_child, session_id
 from tests import dbconfig
 from tests.backends import backend_of
-from tests.hazards.common import Result, client_port, parent_of, setup
+from tests.hazards.common import Monitor, Result, client_port, parent_of, setup
 
 
 def pool(vendor: str, engine: str, warm_up_only: bool = False) -> Result:
@@ -82,6 +84,27 @@ def session_and_port(vendor: str) -> tuple[int, int]:
 POOL_SIZE = 3  # As tests.backends configures the pools.
 
 
+def fill_pool(monitor: Monitor) -> set[int]:
+    """Three threads hold a connection at once, then give it back: the pool
+    keeps three idle sessions. Returns them."""
+    from django.db import connection
+
+    before = monitor.sessions()
+    holding = threading.Barrier(POOL_SIZE)
+
+    def hold() -> None:
+        session_id()
+        holding.wait(timeout=30)
+        connection.close()
+
+    threads = [threading.Thread(target=hold) for _ in range(POOL_SIZE)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return monitor.sessions() - before
+
+
 def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Result]:
     """A third-party pool (ENGINE one of tests.backends' with a pool) holds
     idle sessions when the parent forks. The child either queries (twice,
@@ -89,33 +112,13 @@ def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Res
     interpreter finalisation (which frees the inherited pool)."""
 
     def scenario(vendor: str, engine: str) -> Result:
-        import sys
-
-        from django_forksafe.hazards import child_report, fork_child
-        from tests.hazards.common import Monitor
-
         backend = backend_of(engine)
         assert backend is not None and backend.pool is not None, f"{engine} has no pool of its own"
         monitor = setup(vendor, engine)
         assert monitor is not None
         from django.db import connection
 
-        before = monitor.sessions()
-        # Three threads hold a connection at once, then give it back: the
-        # pool keeps three idle sessions.
-        holding = threading.Barrier(POOL_SIZE)
-
-        def hold() -> None:
-            session_id()
-            holding.wait(timeout=30)
-            connection.close()
-
-        threads = [threading.Thread(target=hold) for _ in range(POOL_SIZE)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        parent_pool = monitor.sessions() - before
+        parent_pool = fill_pool(monitor)
         parent_ports = [port for session, port in monitor.client_ports().items() if session in parent_pool]
 
         def pool_identity() -> int:
@@ -158,6 +161,59 @@ def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Res
         return result
 
     return scenario
+
+
+def unknown_pool(drop_in_post_fork: bool = False) -> Callable[[str, str], Result]:
+    """A pool no adapter knows (tests.backends.unknown_pool) holds three idle
+    sessions when the parent forks. The child takes a connection from it,
+    then ends through interpreter finalisation, which frees the pool. The
+    socket layer alone keeps the parent's sessions out of the child's reach:
+    the child gets "server closed the connection" from the inherited idle
+    connection, and the parent's sessions all live on. With
+    `drop_in_post_fork`, a post_fork receiver empties the pool, as README
+    advises, and the child opens a session of its own."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        monitor = setup("mysql", engine)
+        assert monitor is not None
+        if drop_in_post_fork:
+            from django_forksafe.signals import post_fork
+            from tests.backends.unknown_pool.base import IDLE
+
+            post_fork.connect(lambda **kwargs: IDLE.clear(), weak=False)
+        return _fork_beside_unknown_pool(monitor)
+
+    return scenario
+
+
+def _fork_beside_unknown_pool(monitor: Monitor) -> Result:
+    from django.db import connection
+
+    parent_pool = fill_pool(monitor)
+    monitor.conn.close()  # A driver connection too: see basic.child_exits.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            report: Result = {"child_session": session_id()}
+        except Exception as exc:
+            report = {"child_query_error": f"{type(exc).__name__}: {exc}"}
+        os.write(write_end, json.dumps(report).encode())
+        sys.exit(0)
+    os.close(write_end)
+    result: Result = {**child_report(pid, read_end), "parent_pool": sorted(parent_pool)}
+    result["parent_pool_alive"] = parent_pool <= Monitor("mysql").sessions()
+    sessions, errors = set(), []
+    for _ in range(POOL_SIZE):  # The parent's pool still serves it.
+        try:
+            sessions.add(session_id())
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        connection.close()
+    result["parent_errors"] = errors
+    result["parent_sessions_after"] = sorted(sessions)
+    return result
 
 
 def pool_beside_plain_alias(vendor: str, engine: str) -> Result:
