@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import django
+
 import django_forksafe
 
 # tox sets this: the suite must test the installed wheel, so that a packaging
@@ -15,6 +17,15 @@ if os.environ.get("FORKSAFE_TEST_INSTALLED") == "1":
             f"django_forksafe was imported from the source tree ({source}), not from the "
             "installed package: run pytest's console script with --import-mode=append."
         )
+
+# tox's djangoXY factors set this: a test dependency that caps Django must
+# not quietly test another version than the environment's name says.
+expected_django = os.environ.get("FORKSAFE_DJANGO_VERSION")
+if expected_django and not django.get_version().startswith(expected_django + "."):
+    raise RuntimeError(
+        f"this environment is for Django {expected_django}, but Django {django.get_version()} "
+        "is installed: a test dependency moved it (see constrain_package_deps in tox.ini)."
+    )
 
 
 def pytest_report_header() -> list[str]:
