@@ -124,7 +124,7 @@ class Monitor:
 DRIVER_CLASSES: set[str] = set()
 
 
-def client_port(client: object) -> Any:
+def client_port(client: object) -> int | None:
     """PostgreSQL's client_port, or the port in MySQL's HOST ("127.0.0.1:40134")."""
     if isinstance(client, int):
         return client

@@ -78,6 +78,7 @@ def session_and_port(vendor: str) -> tuple[int, int]:
     with connection.cursor() as cursor:
         cursor.execute(CLIENT_PORT_SQL[vendor])
         port = client_port(cursor.fetchone()[0])
+    assert port is not None, "connected over TCP"
     return session_id(), port
 
 
