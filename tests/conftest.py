@@ -21,7 +21,7 @@ if os.environ.get("FORKSAFE_TEST_INSTALLED") == "1":
 # tox's djangoXY factors set this: a test dependency that caps Django must
 # not quietly test another version than the environment's name says.
 expected_django = os.environ.get("FORKSAFE_DJANGO_VERSION")
-if expected_django and not django.get_version().startswith(expected_django + "."):
+if expected_django and django.VERSION[:2] != tuple(map(int, expected_django.split("."))):
     raise RuntimeError(
         f"this environment is for Django {expected_django}, but Django {django.get_version()} "
         "is installed: a test dependency moved it (see constrain_package_deps in tox.ini)."

@@ -91,6 +91,6 @@ def database(vendor: str, engine: str = "forksafe", **extra: Any) -> dict[str, A
     backend = backend_of(engine)
     if backend is not None:
         assert backend.vendor == vendor, f"{engine} is a {backend.vendor} backend, not {vendor}"
-        entry.update({**backend.entry, "OPTIONS": {**entry["OPTIONS"], **backend.entry.get("OPTIONS", {})}})
-    entry.update(extra)
+    for more in (backend.entry if backend else {}), extra:  # OPTIONS merged, the rest replaced.
+        entry.update({**more, "OPTIONS": {**entry.get("OPTIONS", {}), **more.get("OPTIONS", {})}})
     return entry

@@ -10,86 +10,104 @@ The hazard scenarios take them as ENGINE names (see tests.dbconfig.ENGINES):
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
 class Backend:
     vendor: str
     engine: str  # Its own ENGINE: the control.
-    forksafe_engine: str
+    forksafe_engine: str  # forksafe() in a three-line base.py.
     requires: tuple[str, ...]  # Modules, from the test extra.
     entry: dict[str, Any] = field(default_factory=dict)  # More for its DATABASES entry.
-    pool: str | None = None  # The pool library it keeps connections in.
+    pool: Literal["connpool", "geventpool"] | None = None  # The pool library it keeps connections in.
     install_as_mysqldb: bool = False  # PyMySQL, before Django's MySQL backend loads.
     driver_class: str | None = None  # The raw connection's class, to show the driver in use.
+    # What the driver does unwrapped, which decides the controls that fail:
+    goodbye_when_freed: bool = False  # Its deallocator sends COM_QUIT (mysqlclient, C extensions).
+    has_fileno: bool = True  # Else only the socket layer can release its socket.
 
 
 def _postgresql_driver() -> str:
-    """The environment's PostgreSQL driver: psycopg 3 if installed (Django
-    prefers it), else psycopg2 (tox's psycopg2 factor)."""
-    return "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+    """The environment's PostgreSQL driver, chosen as Django chooses it:
+    psycopg 3 if it imports, else psycopg2 (tox's psycopg2 factor)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg2"
+    return "psycopg"
 
+
+POOL_OPTIONS = {"POOL_SIZE": 3, "MAX_OVERFLOW": 0}  # tests.hazards.pools.POOL_SIZE connections.
 
 BACKENDS = {
     "pymysql": Backend(
-        "mysql",
-        "django.db.backends.mysql",
-        "django_forksafe.backends.mysql",
-        ("pymysql",),
+        vendor="mysql",
+        engine="django.db.backends.mysql",
+        forksafe_engine="django_forksafe.backends.mysql",
+        requires=("pymysql",),
         install_as_mysqldb=True,
         driver_class="pymysql.connections.Connection",
+        has_fileno=False,
     ),
     "connector_c": Backend(
-        "mysql",
-        "mysql.connector.django",
-        "tests.backends.mysql_connector",
-        ("mysql.connector", "_mysql_connector"),
-        {"OPTIONS": {"use_pure": False}},
+        vendor="mysql",
+        engine="mysql.connector.django",
+        forksafe_engine="tests.backends.mysql_connector",
+        requires=("mysql.connector", "_mysql_connector"),
+        entry={"OPTIONS": {"use_pure": False}},
         driver_class="mysql.connector.connection_cext.CMySQLConnection",
+        goodbye_when_freed=True,
+        has_fileno=False,
     ),
     "connector_pure": Backend(
-        "mysql",
-        "mysql.connector.django",
-        "tests.backends.mysql_connector",
-        ("mysql.connector",),
-        {"OPTIONS": {"use_pure": True}},
+        vendor="mysql",
+        engine="mysql.connector.django",
+        forksafe_engine="tests.backends.mysql_connector",
+        requires=("mysql.connector",),
+        entry={"OPTIONS": {"use_pure": True}},
         driver_class="mysql.connector.connection.MySQLConnection",
+        has_fileno=False,
     ),
     "prometheus_mysql": Backend(
-        "mysql", "django_prometheus.db.backends.mysql", "tests.backends.prometheus_mysql", ("django_prometheus",)
+        vendor="mysql",
+        engine="django_prometheus.db.backends.mysql",
+        forksafe_engine="tests.backends.prometheus_mysql",
+        requires=("django_prometheus",),
+        goodbye_when_freed=True,
     ),
     "prometheus_postgresql": Backend(
-        "postgresql",
-        "django_prometheus.db.backends.postgresql",
-        "tests.backends.prometheus_postgresql",
-        ("django_prometheus",),
+        vendor="postgresql",
+        engine="django_prometheus.db.backends.postgresql",
+        forksafe_engine="tests.backends.prometheus_postgresql",
+        requires=("django_prometheus",),
     ),
     "connpool_mysql": Backend(
-        "mysql",
-        "dj_db_conn_pool.backends.mysql",
-        "tests.backends.connpool_mysql",
-        ("dj_db_conn_pool",),
-        {"POOL_OPTIONS": {"POOL_SIZE": 3, "MAX_OVERFLOW": 0}},
+        vendor="mysql",
+        engine="dj_db_conn_pool.backends.mysql",
+        forksafe_engine="tests.backends.connpool_mysql",
+        requires=("dj_db_conn_pool",),
+        entry={"POOL_OPTIONS": POOL_OPTIONS},
         pool="connpool",
+        goodbye_when_freed=True,
     ),
     "connpool_postgresql": Backend(
-        "postgresql",
-        "dj_db_conn_pool.backends.postgresql",
-        "tests.backends.connpool_postgresql",
-        ("dj_db_conn_pool",),
-        {"POOL_OPTIONS": {"POOL_SIZE": 3, "MAX_OVERFLOW": 0}},
+        vendor="postgresql",
+        engine="dj_db_conn_pool.backends.postgresql",
+        forksafe_engine="tests.backends.connpool_postgresql",
+        requires=("dj_db_conn_pool",),
+        entry={"POOL_OPTIONS": POOL_OPTIONS},
         pool="connpool",
     ),
+    # django-db-geventpool has a backend for each driver: the environment's.
     **{
         f"geventpool_{driver}": Backend(
-            "postgresql",
-            f"django_db_geventpool.backends.postgresql_{driver}",
-            f"tests.backends.geventpool_{driver}",
-            ("django_db_geventpool", "gevent", module),
-            {"OPTIONS": {"MAX_CONNS": 3}},
+            vendor="postgresql",
+            engine=f"django_db_geventpool.backends.postgresql_{driver}",
+            forksafe_engine=f"tests.backends.geventpool_{driver}",
+            requires=("django_db_geventpool", "gevent", module),
+            entry={"OPTIONS": {"MAX_CONNS": POOL_OPTIONS["POOL_SIZE"]}},
             pool="geventpool",
             driver_class=driver_class,
         )

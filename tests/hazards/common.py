@@ -127,7 +127,7 @@ DRIVER_CLASSES: set[str] = set()
 def client_port(client: object) -> int | None:
     """PostgreSQL's client_port, or the port in MySQL's HOST ("127.0.0.1:40134")."""
     if isinstance(client, int):
-        return client
+        return client if client > 0 else None  # -1: a Unix socket.
     host, _, port = str(client or "").rpartition(":")
     return int(port) if host and port.isdigit() else None
 

@@ -82,34 +82,57 @@ def session_and_port(vendor: str) -> tuple[int, int]:
     return session_id(), port
 
 
-POOL_SIZE = 3  # As tests.backends configures the pools.
+POOL_SIZE = 3  # tests.backends (and unknown_pool's test) give every pool this many connections.
 
 
-def fill_pool(monitor: Monitor) -> set[int]:
-    """Three threads hold a connection at once, then give it back: the pool
-    keeps three idle sessions. Returns them."""
+def hold_whole_pool() -> tuple[list[int], list[str]]:
+    """POOL_SIZE threads each take a connection at once, then give it back:
+    every connection of the pool in use together, none handed out twice.
+    Returns the sessions they ran on and the errors they met."""
     from django.db import connection
 
-    before = monitor.sessions()
     holding = threading.Barrier(POOL_SIZE)
+    sessions: list[int] = []
+    errors: list[str] = []
 
     def hold() -> None:
-        session_id()
-        holding.wait(timeout=30)
-        connection.close()
+        try:
+            sessions.append(session_id())
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            try:
+                holding.wait(timeout=60)
+            finally:
+                connection.close()  # Back to the pool.
 
     threads = [threading.Thread(target=hold) for _ in range(POOL_SIZE)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return monitor.sessions() - before
+    return sorted(sessions), errors
+
+
+def fill_pool() -> list[int]:
+    """The pool's idle sessions, once every connection of it has been used."""
+    sessions, errors = hold_whole_pool()
+    assert not errors and len(set(sessions)) == POOL_SIZE, (sessions, errors)
+    return sessions
+
+
+def check_pool_after(result: Result, monitor: Monitor) -> None:
+    """Whether the parent's pool still holds its sessions. Using each of them
+    is what tells: a goodbye the child sent on one arrives before the
+    parent's next query on the same socket (the server's listing lags)."""
+    result["parent_pool_alive"] = set(result["parent_pool"]) <= monitor.sessions()
+    result["parent_pool_after"], result["parent_errors"] = hold_whole_pool()
 
 
 def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Result]:
     """A third-party pool (ENGINE one of tests.backends' with a pool) holds
-    idle sessions when the parent forks. The child either queries (twice,
-    giving its connection back in between) or only exits through
+    POOL_SIZE idle sessions when the parent forks. The child either queries
+    (twice, giving its connection back in between) or only exits through
     interpreter finalisation (which frees the inherited pool)."""
 
     def scenario(vendor: str, engine: str) -> Result:
@@ -119,7 +142,7 @@ def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Res
         assert monitor is not None
         from django.db import connection
 
-        parent_pool = fill_pool(monitor)
+        parent_pool = fill_pool()
         parent_ports = [port for session, port in monitor.client_ports().items() if session in parent_pool]
 
         def pool_identity() -> int:
@@ -151,70 +174,52 @@ def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Res
                 }
 
             child = child_report(*fork_child(work))
-        result: Result = {**child, "parent_pool": sorted(parent_pool), "parent_pool_ports": sorted(parent_ports)}
-        result["parent_pool_alive"] = parent_pool <= monitor.sessions()
-        try:
-            result["parent_session_after"] = session_id()
-            result["parent_error"] = None
-        except Exception as exc:
-            result["parent_error"] = f"{type(exc).__name__}: {exc}"
-        connection.close()
+        result: Result = {**child, "parent_pool": parent_pool, "parent_pool_ports": sorted(parent_ports)}
+        with monitor:
+            check_pool_after(result, monitor)
         return result
 
     return scenario
 
 
 def unknown_pool(drop_in_post_fork: bool = False) -> Callable[[str, str], Result]:
-    """A pool no adapter knows (tests.backends.unknown_pool) holds three idle
-    sessions when the parent forks. The child takes a connection from it,
-    then ends through interpreter finalisation, which frees the pool. The
-    socket layer alone keeps the parent's sessions out of the child's reach:
-    the child gets "server closed the connection" from the inherited idle
-    connection, and the parent's sessions all live on. With
+    """A pool no adapter knows (tests.backends.unknown_pool, MySQL) holds
+    POOL_SIZE idle sessions when the parent forks. The child takes a
+    connection from it, then ends through interpreter finalisation, which
+    frees the pool. The socket layer alone keeps the parent's sessions out of
+    the child's reach: the child gets "server closed the connection" from the
+    inherited idle connection, and the parent's sessions all live on. With
     `drop_in_post_fork`, a post_fork receiver empties the pool, as README
     advises, and the child opens a session of its own."""
 
     def scenario(vendor: str, engine: str) -> Result:
-        monitor = setup("mysql", engine)
+        assert vendor == "mysql", "the unknown pool is a MySQL one"
+        monitor = setup(vendor, engine)
         assert monitor is not None
         if drop_in_post_fork:
             from django_forksafe.signals import post_fork
             from tests.backends.unknown_pool.base import IDLE
 
             post_fork.connect(lambda **kwargs: IDLE.clear(), weak=False)
-        return _fork_beside_unknown_pool(monitor)
+        parent_pool = fill_pool()
+        monitor.conn.close()  # A driver connection too: see basic.child_exits.
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                report: Result = {"child_session": session_id()}
+            except Exception as exc:
+                report = {"child_query_error": f"{type(exc).__name__}: {exc}"}
+            os.write(write_end, json.dumps(report).encode())
+            sys.exit(0)
+        os.close(write_end)
+        result: Result = {**child_report(pid, read_end), "parent_pool": parent_pool}
+        with Monitor(vendor) as monitor:
+            check_pool_after(result, monitor)
+        return result
 
     return scenario
-
-
-def _fork_beside_unknown_pool(monitor: Monitor) -> Result:
-    from django.db import connection
-
-    parent_pool = fill_pool(monitor)
-    monitor.conn.close()  # A driver connection too: see basic.child_exits.
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        try:
-            report: Result = {"child_session": session_id()}
-        except Exception as exc:
-            report = {"child_query_error": f"{type(exc).__name__}: {exc}"}
-        os.write(write_end, json.dumps(report).encode())
-        sys.exit(0)
-    os.close(write_end)
-    result: Result = {**child_report(pid, read_end), "parent_pool": sorted(parent_pool)}
-    result["parent_pool_alive"] = parent_pool <= Monitor("mysql").sessions()
-    sessions, errors = set(), []
-    for _ in range(POOL_SIZE):  # The parent's pool still serves it.
-        try:
-            sessions.add(session_id())
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-        connection.close()
-    result["parent_errors"] = errors
-    result["parent_sessions_after"] = sorted(sessions)
-    return result
 
 
 def pool_beside_plain_alias(vendor: str, engine: str) -> Result:
