@@ -233,7 +233,10 @@ def test_control_unknown_pool() -> None:
     assert_parent_pool_broken(result)  # Ended by the child's exit.
 
 
-def test_unknown_pool_dropped_in_post_fork_receiver() -> None:
-    result = run("unknown_pool_dropped_in_post_fork", "mysql", "unknown_pool-forksafe")
+@pytest.mark.parametrize(
+    "scenario", ["unknown_pool_dropped_in_post_fork", "libc_fork_unknown_pool_dropped_in_post_fork"]
+)
+def test_unknown_pool_dropped_in_post_fork_receiver(scenario: str) -> None:
+    result = run(scenario, "mysql", "unknown_pool-forksafe")
     assert result["child_session"] not in result["parent_pool"]
     assert_parent_pool_intact(result)

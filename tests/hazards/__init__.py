@@ -69,6 +69,7 @@ SCENARIOS: dict[str, Scenario] = {
     "third_party_pool_child_exits": pools.third_party_pool(child_only_exits=True),
     "unknown_pool": pools.unknown_pool(),
     "unknown_pool_dropped_in_post_fork": pools.unknown_pool(drop_in_post_fork=True),
+    "libc_fork_unknown_pool_dropped_in_post_fork": pools.unknown_pool(drop_in_post_fork=True, fork=libc_fork),
     # SQLite.
     "sqlite_file": sqlite.sqlite_file,
     "sqlite_memory": sqlite.sqlite_memory,

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_forksafe.hazards import child_report, fork_child, run_child, session_id
+from django_forksafe.hazards import Fork, child_report, fork_child, run_child, session_id
 from tests import dbconfig
 from tests.backends import backend_of
 from tests.hazards.common import Monitor, Result, client_port, parent_of, setup
@@ -182,7 +182,7 @@ def third_party_pool(child_only_exits: bool = False) -> Callable[[str, str], Res
     return scenario
 
 
-def unknown_pool(drop_in_post_fork: bool = False) -> Callable[[str, str], Result]:
+def unknown_pool(drop_in_post_fork: bool = False, fork: Fork = os.fork) -> Callable[[str, str], Result]:
     """A pool no adapter knows (tests.backends.unknown_pool, MySQL) holds
     POOL_SIZE idle sessions when the parent forks. The child takes a
     connection from it, then ends through interpreter finalisation, which
@@ -190,7 +190,8 @@ def unknown_pool(drop_in_post_fork: bool = False) -> Callable[[str, str], Result
     the child's reach: the child gets "server closed the connection" from the
     inherited idle connection, and the parent's sessions all live on. With
     `drop_in_post_fork`, a post_fork receiver empties the pool, as README
-    advises, and the child opens a session of its own."""
+    advises, and the child opens a session of its own (through libc's fork
+    too: post_fork is sent at the first checkout, before the pool is asked)."""
 
     def scenario(vendor: str, engine: str) -> Result:
         assert vendor == "mysql", "the unknown pool is a MySQL one"
@@ -204,7 +205,7 @@ def unknown_pool(drop_in_post_fork: bool = False) -> Callable[[str, str], Result
         parent_pool = fill_pool()
         monitor.conn.close()  # A driver connection too: see basic.child_exits.
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        pid = fork()
         if pid == 0:
             os.close(read_end)
             try:
