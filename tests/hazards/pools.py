@@ -11,7 +11,7 @@ from typing import Any
 
 from django_forksafe.hazards import Fork, child_report, fork_child, run_child, session_id
 from tests import dbconfig
-from tests.backends import backend_of
+from tests.backends import POOL_OPTIONS, backend_of
 from tests.hazards.common import Monitor, Result, client_port, parent_of, setup
 
 
@@ -82,7 +82,7 @@ def session_and_port(vendor: str) -> tuple[int, int]:
     return session_id(), port
 
 
-POOL_SIZE = 3  # tests.backends (and unknown_pool's test) give every pool this many connections.
+POOL_SIZE = POOL_OPTIONS["POOL_SIZE"]  # As tests.backends configures every pool.
 
 
 def hold_whole_pool() -> tuple[list[int], list[str]]:
