@@ -194,9 +194,9 @@ def unexpected_tracebacks(log: Path) -> list[str]:
     return [
         block
         for block in blocks
-        # Empty: two workers' headers in a row (their output interleaves);
-        # the body follows in a block of its own, judged there.
-        if block.strip()
+        # Nothing but headers ("Exception ignored in: ..."): two workers'
+        # output interleaved; the body follows in a block of its own, judged there.
+        if not all(line.startswith("Exception ignored in:") for line in block.splitlines() if line.strip())
         and "ResourceWarning: <psycopg.Connection object" not in block
         and not ("_connection_base.py" in block and "in __del__" in block)
     ]
