@@ -8,12 +8,18 @@ forked through Python or behind its back (uWSGI, C extensions calling
 (Linux 4.14 and later), which the kernel hands to every child zero-filled.
 Where the kernel refuses that, the mark compares ``os.getpid()`` instead, as
 redis-py does on every checkout: a system call, but the same answer.
+
+``NATIVE`` is the optional C extension (django_forksafe._native), or None
+where it was not built or DJANGO_FORKSAFE_NATIVE=0 turns it off. With it,
+every inherited database socket is silenced inside fork() itself, and the
+mark is read in C.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+from types import ModuleType
 from typing import Final, Protocol
 
 # Not exported by CPython's mmap module on every build (<linux/mman.h>: 18).
@@ -28,6 +34,27 @@ DESCRIPTION: Final = {
 
 # For tests and benchmarks: force the fallback (DJANGO_FORKSAFE_DETECTION=getpid).
 _FORCE_ENV = "DJANGO_FORKSAFE_DETECTION"
+# For tests, benchmarks and the cautious: DJANGO_FORKSAFE_NATIVE=0 leaves the C extension out.
+_NATIVE_ENV = "DJANGO_FORKSAFE_NATIVE"
+
+
+def load_native() -> ModuleType | None:
+    """The C extension, unless turned off or not built here."""
+    if os.environ.get(_NATIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from django_forksafe import _native
+    except ImportError:  # Not built: no compiler, not Linux, not CPython.
+        return None
+    return _native
+
+
+NATIVE: Final = load_native()
+MECHANISM: Final = (
+    "C extension: every inherited database socket silenced inside fork()"
+    if NATIVE is not None
+    else "pure Python: inherited connections silenced by the at-fork handler, or at the first checkout"
+)
 
 
 class ProcessMark(Protocol):
@@ -67,6 +94,8 @@ def wipe_on_fork_page() -> mmap.mmap | None:
 
 def make_mark(method: str | None = None) -> tuple[ProcessMark, str]:
     """The best mark this kernel offers (or `method`, if named), armed."""
+    if method != GETPID and NATIVE is not None and NATIVE.MARK_WIPES_ON_FORK:
+        return NATIVE.PROCESS_MARK, WIPEONFORK
     if method != GETPID:
         page = wipe_on_fork_page()
         if page is not None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django_forksafe import sockets
+from django_forksafe import sockets, sqlite
 from django_forksafe.detection import PROCESS_MARK
 from django_forksafe.pools import forget_inherited_pools, keep_forever
 from django_forksafe.signals import post_fork
@@ -43,6 +43,7 @@ class _OpenConnection:
     raw: Any
     pid: int
     wrapper_ref: weakref.ref[ForkSafeMixin]
+    database: str | None  # SQLite's file.
 
 
 # Strong references on purpose. In a child, CPython clears the other threads'
@@ -61,27 +62,34 @@ _pool_pids: dict[int, int] = {}
 
 # Serialise invalidation between the threads of one process, when a fork is
 # noticed after the fact. One lock per process: a lock that another thread
-# held when the process forked stays held in the child for ever.
-_invalidation_locks: dict[int, threading.Lock] = {}
+# held when the process forked stays held in the child for ever. Re-entrant:
+# a signal handler may close connections while invalidation runs.
+_invalidation_locks: dict[int, threading.RLock] = {}
 
 # The process that last invalidated inherited connections (or imported us):
-# the parent_pid of post_fork.
+# the parent_pid of post_fork, and the pid recorded with each connection.
 _known_pid = os.getpid()
+# The process whose inherited sockets were last scanned for.
+_scanned_pid = _known_pid
 
 
 def track(wrapper: ForkSafeMixin, raw: Any) -> None:
-    """Record a raw connection that `wrapper` has just opened."""
+    """Record a raw connection that `wrapper` has just opened (no system call)."""
+    if not PROCESS_MARK[0]:  # Reached without a checkout (a backend of its own).
+        invalidate_if_forked()
     key = id(raw)
+    pid = _known_pid
 
     def forget(_ref: weakref.ref[ForkSafeMixin]) -> None:
         # The wrapper was collected without close(). In the opening process,
         # let the driver close the connection as plain Django would; in a
         # child, leave it for invalidate_inherited() to silence first.
         entry = _open_connections.get(key)
-        if entry is not None and entry.pid == os.getpid():
+        if entry is not None and entry.pid == _known_pid and PROCESS_MARK[0]:
             del _open_connections[key]
 
-    _open_connections[key] = _OpenConnection(raw, os.getpid(), weakref.ref(wrapper, forget))
+    database = str(wrapper.settings_dict.get("NAME") or "") if wrapper.vendor == "sqlite" else None
+    _open_connections[key] = _OpenConnection(raw, pid, weakref.ref(wrapper, forget), database)
 
 
 def watch_pools(pools: dict[str, Any]) -> None:
@@ -94,7 +102,7 @@ def track_pool(pool: Any) -> None:
     key = id(pool)
     if key not in _pool_pids:
         weakref.finalize(pool, _pool_pids.pop, key, None).atexit = False
-        _pool_pids[key] = os.getpid()
+        _pool_pids[key] = _known_pid
 
 
 def untrack(raw: Any) -> None:
@@ -103,10 +111,10 @@ def untrack(raw: Any) -> None:
 
 
 def invalidate_if_forked(send_post_fork: bool = True) -> Invalidation | None:
-    """Invalidate inherited connections if this process forked unnoticed."""
+    """Invalidate inherited connections if this process has not yet."""
     if PROCESS_MARK[0]:
         return None
-    lock = _invalidation_locks.setdefault(os.getpid(), threading.Lock())
+    lock = _invalidation_locks.setdefault(os.getpid(), threading.RLock())
     with lock:  # Other threads wait until it is done.
         if PROCESS_MARK[0]:
             return None
@@ -117,48 +125,23 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     """
     In a new process: silence every recorded connection opened by another
     process and every inherited pool, reset the DatabaseWrappers that held
-    them so they reconnect lazily, then send post_fork.
+    them so they reconnect lazily, then send post_fork. Each step may be
+    interrupted by a signal handler that closes connections, which then runs
+    the rest: whatever is taken is taken once.
     """
-    global _known_pid
+    global _known_pid, _scanned_pid
     pid = os.getpid()
     parent_pid = _known_pid
-    inherited = [entry for entry in list(_open_connections.values()) if entry.pid != pid]
-    pools = [
-        (pools_dict, alias, pool)
-        for pools_dict in list(_pool_dicts.values())
-        for alias, pool in list(pools_dict.items())
-        if _pool_pids.get(id(pool)) != pid
-    ]
-    aliases: list[str] = []
-    if inherited or pools:
-        try:
-            devnull = os.open(os.devnull, os.O_RDWR)
-        except OSError:  # Out of descriptors: the connections are kept, unused, instead.
-            logger.exception("django-forksafe could not open %s", os.devnull)
-            devnull = -1
-        try:
-            for entry in inherited:
-                del _open_connections[id(entry.raw)]
-                wrapper = entry.wrapper_ref()
-                try:
-                    with _logged("could not silence an inherited connection"):
-                        _silence(entry.raw, devnull)
-                finally:
-                    # Forgotten even if silencing failed: never the parent's session again.
-                    if wrapper is not None and wrapper.connection is entry.raw:
-                        wrapper._forksafe_forget_connection()
-                        if wrapper.alias not in aliases:
-                            aliases.append(wrapper.alias)
-            for pools_dict, alias, pool in pools:
-                with _logged("could not drop an inherited connection pool"):
-                    _forget_pool(pools_dict, alias, pool, devnull)
-        finally:
-            if devnull >= 0:
-                os.close(devnull)
-    with _logged("could not silence the inherited sockets to the database servers"):
-        sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
+    aliases = _forget_connections(pid)
+    _forget_django_pools(pid)
+    if _scanned_pid != pid:
+        _scanned_pid = pid
+        with _logged("could not silence the inherited sockets to the database servers"):
+            sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
     with _logged("could not drop an inherited third-party connection pool"):
         forget_inherited_pools()
+    if _known_pid == pid:  # Done meanwhile, post_fork included (by a signal handler).
+        return Invalidation(parent_pid, aliases)
     # Before post_fork, so that its receivers can use the database.
     _known_pid = pid
     PROCESS_MARK[0] = 1
@@ -171,6 +154,60 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
             if isinstance(result, Exception):
                 logger.error("post_fork receiver %r failed", receiver, exc_info=result)
     return Invalidation(parent_pid, aliases)
+
+
+def _forget_connections(pid: int) -> list[str]:
+    """Silence the connections Django opened in other processes, and reset
+    their wrappers. Returns the aliases."""
+    aliases: list[str] = []
+    inherited = [(key, entry) for key, entry in list(_open_connections.items()) if entry.pid != pid]
+    if not inherited:
+        return aliases
+    devnull = _devnull()
+    try:
+        for key, entry in inherited:
+            # The wrapper first: from then on Django cannot reach the raw
+            # connection, not even from a signal handler that closes it.
+            wrapper = entry.wrapper_ref()
+            if wrapper is not None and wrapper.connection is entry.raw:
+                wrapper._forksafe_forget_connection()
+                if wrapper.alias not in aliases:
+                    aliases.append(wrapper.alias)
+            if _open_connections.pop(key, None) is None:
+                continue  # Taken meanwhile (by a signal handler).
+            with _logged("could not silence an inherited connection"):
+                _silence(entry.raw, devnull, entry.database)
+    finally:
+        if devnull >= 0:
+            os.close(devnull)
+    return aliases
+
+
+def _forget_django_pools(pid: int) -> None:
+    inherited = [
+        (pools_dict, alias, pool)
+        for pools_dict in list(_pool_dicts.values())
+        for alias, pool in list(pools_dict.items())
+        if _pool_pids.get(id(pool)) != pid
+    ]
+    if not inherited:
+        return
+    devnull = _devnull()
+    try:
+        for pools_dict, alias, pool in inherited:
+            with _logged("could not drop an inherited connection pool"):
+                _forget_pool(pools_dict, alias, pool, devnull)
+    finally:
+        if devnull >= 0:
+            os.close(devnull)
+
+
+def _devnull() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # Out of descriptors: the connections are kept, unused, instead.
+        logger.exception("django-forksafe could not open %s", os.devnull)
+        return -1
 
 
 @contextlib.contextmanager
@@ -186,14 +223,15 @@ def _forget_pool(pools: dict[str, Any], alias: str, pool: Any, devnull: int) -> 
     # The pool's threads did not survive the fork and its idle connections
     # are the parent's sessions: never close() it or let its __del__ run.
     # Without it in Django's dict, the child lazily makes a pool of its own.
-    if pools.get(alias) is pool:
-        del pools[alias]
+    if pools.get(alias) is not pool:
+        return  # Taken meanwhile (by a signal handler).
+    del pools[alias]
+    keep_forever(pool)
     for idle in list(getattr(pool, "_pool", ())):  # psycopg_pool's idle connections.
         _silence(idle, devnull)
-    keep_forever(pool)
 
 
-def _silence(raw: Any, devnull: int) -> None:
+def _silence(raw: Any, devnull: int, database: str | None = None) -> None:
     try:
         fd = raw.fileno()
     except Exception:  # No such method (SQLite), or a broken connection.
@@ -204,7 +242,14 @@ def _silence(raw: Any, devnull: int) -> None:
         # interpreter exit. SQLite's rule for handles opened before fork() is
         # exactly that.
         keep_forever(raw)
+        if sqlite.is_sqlite(raw):
+            sqlite.retire_inherited(raw, database)
         return
+    # psycopg_pool's close_returns=True: close() would give the connection
+    # back to the inherited pool (whose lock another thread may have held).
+    if getattr(raw, "_pool", None) is not None:
+        with contextlib.suppress(Exception):
+            raw._pool = None
     # Redirect rather than os.close(): the descriptor number stays taken until
     # the driver's own close(), whose goodbye (COM_QUIT, Terminate, TLS
     # close_notify) and shutdown() now go nowhere.
@@ -225,5 +270,11 @@ def _invalidate_at_exit() -> None:
     invalidate_if_forked(send_post_fork=False)
 
 
-os.register_at_fork(after_in_child=invalidate_inherited)
+def _invalidate_after_fork() -> None:
+    # Once per process: an at-fork hook registered before ours that used the
+    # database has invalidated already, and opened the child's own session.
+    invalidate_if_forked()
+
+
+os.register_at_fork(after_in_child=_invalidate_after_fork)
 atexit.register(_invalidate_at_exit)

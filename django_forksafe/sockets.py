@@ -12,9 +12,15 @@ connection" and discards it, and nothing reaches the server. The socket
 itself is released in the child, so the server notices promptly when the
 parent goes.
 
+With the C extension (detection.NATIVE) this happens inside fork() itself,
+before any code of the child runs; without it, the at-fork handler (or, for
+a fork behind Python's back, the first checkout) scans ``/proc/self/fd``.
+
 The endpoints are the peers of the connections Django opened here (one
-``getpeername()`` per new connection), and those the settings name without
-a DNS lookup (IP addresses, ``localhost``, Unix sockets).
+``getpeername()`` per new raw connection, never per pooled checkout), and
+those the settings name without a DNS lookup (IP addresses, ``localhost``,
+Unix sockets). For a driver without ``fileno()``, the peer is read from its
+socket object, or else the settings' host name is resolved once.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ import ipaddress
 import os
 import socket
 import stat
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from django_forksafe.detection import NATIVE
 
 Endpoint = tuple[str, str | int]
 
@@ -34,45 +43,138 @@ DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 _endpoints: set[Endpoint] = set()
 # Unix socket names whose directory the settings leave to the driver.
 _unix_suffixes: set[str] = set()
+# Whether the C extension's table holds every endpoint (it has a fixed size).
+_native_complete = True
+# Raw connections whose peer is known: a pool hands the same one out again.
+_peers_known: weakref.WeakSet[Any] = weakref.WeakSet()
+# Host names resolved for drivers without fileno() (once per host and port).
+_resolved: set[tuple[str, int]] = set()
 
 
-def remember_peer(raw: Any) -> None:
-    """Record the peer of a raw connection Django has just opened."""
-    try:
-        fd = raw.fileno()
-    except Exception:  # No fileno(): the settings' endpoints stand in for it.
+def _add(endpoint: Endpoint, suffix: bool = False) -> None:
+    global _native_complete
+    kind, where = endpoint
+    if suffix:
+        _unix_suffixes.add(str(where))
+    elif endpoint in _endpoints:
         return
-    if isinstance(fd, int) and fd >= 0:
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+    else:
+        _endpoints.add(endpoint)
+    if NATIVE is None:
+        return
+    if kind == "unix":
+        added = NATIVE.add_endpoint(socket.AF_UNIX, os.fsencode(str(where)), suffix=suffix)
+    else:
+        address = ipaddress.ip_address(kind)
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        added = NATIVE.add_endpoint(family, address.packed, int(where))
+    _native_complete = _native_complete and added
+
+
+def remember_peer(raw: Any, vendor: str = "", settings_dict: Mapping[str, Any] | None = None) -> None:
+    """Record the peer of a raw connection Django has just opened (or taken
+    from a pool): no system call for one already known."""
+    try:
+        if raw in _peers_known:
+            return
+        _peers_known.add(raw)
+    except TypeError:  # Not weakly referenceable: looked at every time.
+        pass
+    sock = _socket_of(raw)
+    if sock is not None:
+        with contextlib.suppress(OSError):
             endpoint = _endpoint(sock)
             if endpoint is not None:
-                _endpoints.add(endpoint)
+                _add(endpoint)
+        return
+    fd = _fileno(raw)
+    if fd is not None:
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
+            endpoint = _endpoint(dup)
+            if endpoint is not None:
+                _add(endpoint)
+    elif settings_dict is not None and vendor in DEFAULT_PORTS:
+        _resolve_hosts(vendor, settings_dict)
+
+
+def _socket_of(raw: Any) -> socket.socket | None:
+    # Drivers in pure Python: PyMySQL's _sock, mysql-connector's _socket.sock.
+    for holder in (raw, getattr(raw, "_socket", None)):
+        for name in ("_sock", "sock"):
+            candidate = getattr(holder, name, None)
+            if isinstance(candidate, socket.socket):
+                return candidate
+    return None
+
+
+def _fileno(raw: Any) -> int | None:
+    try:
+        fd = raw.fileno()
+    except Exception:  # No such method (SQLite, mysql-connector's C extension), or broken.
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _resolve_hosts(vendor: str, settings_dict: Mapping[str, Any]) -> None:
+    # No descriptor and no socket object: the host names, resolved once.
+    for host, port in _hosts_and_ports(vendor, settings_dict):
+        if not host or host.startswith("/") or (host, port) in _resolved:
+            continue
+        _resolved.add((host, port))
+        with contextlib.suppress(OSError, UnicodeError):
+            for *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+                _add_ip(str(address[0]), port)
+
+
+def _hosts_and_ports(vendor: str, settings_dict: Mapping[str, Any]) -> Iterator[tuple[str, int]]:
+    """Each host the settings name with its port. libpq takes lists:
+    HOST="db1,db2" with PORT="5432" or "5432,5433"."""
+    host = str(settings_dict.get("HOST") or "")
+    port = str(settings_dict.get("PORT") or "")
+    hosts = host.split(",") if vendor == "postgresql" else [host]
+    ports = port.split(",") if vendor == "postgresql" else [port]
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    for one_host, one_port in zip(hosts, ports):
+        try:
+            number = int(one_port.strip() or DEFAULT_PORTS[vendor])
+        except ValueError:  # The driver will say what is wrong with it.
+            continue
+        yield one_host.strip(), number
+
+
+def _add_ip(address: str, port: int) -> None:
+    with contextlib.suppress(ValueError):
+        parsed = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped:
+            parsed = parsed.ipv4_mapped
+        _add((str(parsed), port))
 
 
 def remember_settings(vendor: str, settings_dict: Mapping[str, Any]) -> None:
     """Record the endpoints an alias's settings name without a DNS lookup."""
     if vendor not in DEFAULT_PORTS:
         return
-    host = str(settings_dict.get("HOST") or "")
-    port = int(settings_dict.get("PORT") or DEFAULT_PORTS[vendor])
     options = settings_dict.get("OPTIONS") or {}
-    if vendor == "postgresql" and (not host or host.startswith("/")):
-        name = f".s.PGSQL.{port}"
-        if host:
-            _endpoints.add(("unix", os.path.join(host, name)))
-        else:
-            _unix_suffixes.add("/" + name)
-        return
-    if vendor == "mysql" and (not host or host == "localhost"):
-        unix_socket = options.get("unix_socket") if isinstance(options, Mapping) else None
-        if unix_socket:
-            _endpoints.add(("unix", str(unix_socket)))
-        else:
-            _unix_suffixes.add("/mysqld.sock")
-    addresses = {"127.0.0.1", "::1"} if host in ("", "localhost") else {host}
-    for address in addresses:
-        with contextlib.suppress(ValueError):
-            _endpoints.add((str(ipaddress.ip_address(address)), port))
+    for host, port in _hosts_and_ports(vendor, settings_dict):
+        if vendor == "postgresql" and (not host or host.startswith("/")):
+            name = f".s.PGSQL.{port}"
+            if host:
+                _add(("unix", os.path.join(host, name)))
+            else:
+                _add(("unix", "/" + name), suffix=True)
+            continue
+        if vendor == "mysql" and host.startswith("/"):  # Django passes it as unix_socket.
+            _add(("unix", host))
+            continue
+        if vendor == "mysql" and host in ("", "localhost"):
+            unix_socket = options.get("unix_socket") if isinstance(options, Mapping) else None
+            if unix_socket:
+                _add(("unix", str(unix_socket)))
+            else:
+                _add(("unix", "/mysqld.sock"), suffix=True)
+        for address in ("127.0.0.1", "::1") if host in ("", "localhost") else (host,):
+            _add_ip(address, port)
 
 
 def _endpoint(sock: socket.socket) -> Endpoint | None:
@@ -81,7 +183,8 @@ def _endpoint(sock: socket.socket) -> Endpoint | None:
     except OSError:  # Not connected.
         return None
     if sock.family == socket.AF_UNIX:
-        return ("unix", peer.decode() if isinstance(peer, bytes) else str(peer))
+        # Abstract names come as bytes, and need not be UTF-8.
+        return ("unix", os.fsdecode(peer)) if peer else None
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         address = ipaddress.ip_address(peer[0].split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -96,9 +199,19 @@ def _is_database(endpoint: Endpoint) -> bool:
     return endpoint[0] == "unix" and any(str(endpoint[1]).endswith(suffix) for suffix in _unix_suffixes)
 
 
+def silenced_inside_fork() -> bool:
+    """Whether the C extension silenced every inherited database socket of
+    this process inside fork() (nothing is left for silence_inherited())."""
+    if NATIVE is None or not _native_complete:
+        return False
+    _, complete = NATIVE.last_fork()
+    return bool(complete)
+
+
 def silence_inherited() -> int:
-    """In a child: silence every socket to a database endpoint. Returns how many."""
-    if not (_endpoints or _unix_suffixes):
+    """In a child: silence every socket to a database endpoint, unless the C
+    extension already did inside fork(). Returns how many."""
+    if not (_endpoints or _unix_suffixes) or silenced_inside_fork():
         return 0
     try:
         descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
@@ -113,15 +226,15 @@ def silence_inherited() -> int:
                     continue
                 with socket.socket(fileno=os.dup(fd)) as sock:
                     endpoint = _endpoint(sock)
-            except OSError:  # Closed meanwhile (the listing's own descriptor).
+                if endpoint is None or not _is_database(endpoint):
+                    continue
+                if dead_end is None:
+                    dead_end, closed = socket.socketpair()
+                    closed.close()
+                os.dup2(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
+                silenced += 1
+            except Exception:  # noqa: S112  # Closed meanwhile, or an odd socket: on to the next.
                 continue
-            if endpoint is None or not _is_database(endpoint):
-                continue
-            if dead_end is None:
-                dead_end, closed = socket.socketpair()
-                closed.close()
-            os.dup2(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
-            silenced += 1
     finally:
         if dead_end is not None:
             dead_end.close()

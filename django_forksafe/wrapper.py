@@ -10,9 +10,8 @@ from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.asyncio import async_unsafe
 
-from django_forksafe import pools, registry, sockets
+from django_forksafe import pools, registry, sockets, sqlite
 from django_forksafe.detection import PROCESS_MARK
-from django_forksafe.transactions import AtomicBlocks
 
 WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
 
@@ -23,12 +22,13 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     drop inherited connections without sending anything to the server.
 
     Forks through Python are handled by the at-fork handler (see registry).
-    Every other fork is noticed at the next checkout, before any byte is
-    sent: each way Django reaches the raw connection (a cursor, a new
-    connection, autocommit, commit and rollback, the health-check ping,
-    close(), leaving an atomic block) first reads the process mark (see
-    detection), one memory load. ensure_connection() itself, which sends
-    nothing on an open connection, is left as it is: tests patch it.
+    Every other fork is noticed at the first use of the wrapper's state,
+    before any byte is sent: ensure_connection() (every cursor, chunked or
+    not, autocommit, ``connection.connection`` after it), a cursor held
+    across the fork executing again, in_atomic_block and atomic_blocks (what
+    atomic() decides from), commit and rollback, the health-check ping,
+    close(), and Django's PostgreSQL pool. Each first reads the process mark
+    (see detection), one memory load.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -36,30 +36,53 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         sockets.remember_settings(self.vendor, self.settings_dict)
         pools.created(self)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if ForkSafeMixin not in cls.__bases__:
+            return
+        next_class = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1]
+        if "ensure_connection" not in vars(cls):
+            cls.ensure_connection = _checked_ensure_connection(next_class)  # type: ignore[method-assign]
+        # Django's PostgreSQL pool (5.1 and later), where the backend has one.
+        if callable(getattr(next_class, "close_pool", None)) and "close_pool" not in vars(cls):
+            cls.close_pool = _checked_method(next_class, "close_pool")
+        if isinstance(getattr(next_class, "pool", None), property) and "pool" not in vars(cls):
+            cls.pool = property(_checked_method(next_class, "pool"))
+        django_pools = getattr(cls, "_connection_pools", None)
+        if isinstance(django_pools, dict):
+            registry.watch_pools(django_pools)
+        pools.adapt(cls)  # Third-party pool libraries.
+
     @property
-    def atomic_blocks(self) -> AtomicBlocks:
+    def in_atomic_block(self) -> bool:
+        # What atomic() reads first, on entering and on leaving a block.
+        if not PROCESS_MARK[0]:
+            registry.invalidate_if_forked()
+        return self._forksafe_in_atomic_block
+
+    @in_atomic_block.setter
+    def in_atomic_block(self, value: bool) -> None:
+        self._forksafe_in_atomic_block = value
+
+    @property
+    def atomic_blocks(self) -> list[Any]:
+        # A durable atomic() reads it before in_atomic_block.
+        if not PROCESS_MARK[0]:
+            registry.invalidate_if_forked()
         return self._forksafe_atomic_blocks
 
     @atomic_blocks.setter
     def atomic_blocks(self, blocks: list[Any]) -> None:
-        # Django's __init__() and connect() assign plain lists.
-        self._forksafe_atomic_blocks = AtomicBlocks(blocks)
+        self._forksafe_atomic_blocks = blocks
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if ForkSafeMixin in cls.__bases__ and "cursor" not in vars(cls):
-            # The query path: cursor(), and through it chunked_cursor(),
-            # savepoints, schema editors, introspection.
-            next_class = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1]
-            cls.cursor = _checked_cursor(next_class)  # type: ignore[method-assign,assignment]
-
-    def chunked_cursor(self) -> Any:
-        # PostgreSQL's server-side cursors go to _cursor() without cursor().
-        registry.invalidate_if_forked()
-        return super().chunked_cursor()
+    def validate_no_broken_transaction(self) -> None:
+        # Every execute() of a cursor, one held across the fork included.
+        if not PROCESS_MARK[0]:
+            registry.invalidate_if_forked()
+        if self.needs_rollback:
+            super().validate_no_broken_transaction()
 
     def connect(self) -> None:
-        # Also reached without a cursor: ensure_connection(), get_autocommit().
         registry.invalidate_if_forked()
         previous = self.connection
         super().connect()
@@ -75,7 +98,11 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
             registry.track(self, connection)
-            sockets.remember_peer(connection)
+            sockets.remember_peer(connection, self.vendor, self.settings_dict)
+            if self.vendor == "sqlite":
+                refusal = sqlite.guard_new_connection(connection, str(self.settings_dict["NAME"]))
+                if refusal is not None:
+                    sqlite.refuse_writes_clearly(self, refusal)
         pool = getattr(self, "pool", None)  # Django's PostgreSQL connection pool.
         if pool is not None:
             registry.track_pool(pool)
@@ -123,16 +150,18 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         Drop the inherited connection without a round trip, and leave the
         parent's transaction behind: the child starts outside any atomic
         block, in autocommit once it reconnects, with no on_commit callbacks
-        of its parent (see transactions).
+        of its parent.
         """
-        # With closed_in_transaction, leaving an inherited block (or one whose
-        # exit is already under way, see AtomicBlocks) neither queries nor
-        # reconnects; connect() clears it.
-        self.closed_in_transaction = self.in_atomic_block
+        # First, so that a signal handler that closes the connection while
+        # this runs finds nothing to close. With closed_in_transaction,
+        # leaving an inherited block neither queries nor reconnects, and
+        # Django's own exit path resets it; connect() clears it too.
+        closed_in_transaction = self._forksafe_in_atomic_block
         self.connection = None
-        self.in_atomic_block = False
+        self.closed_in_transaction = closed_in_transaction
+        self._forksafe_in_atomic_block = False
         self.savepoint_ids = []
-        self.atomic_blocks = []
+        self._forksafe_atomic_blocks = []
         self.commit_on_exit = True
         self.needs_rollback = False
         self.run_on_commit = []
@@ -142,28 +171,54 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.health_check_done = False
 
 
-def _checked_cursor(next_class: type) -> Callable[[Any], Any]:
-    """cursor(), checking the process mark first: one memory load and one
-    branch in a process that did not fork."""
-    if next_class.cursor is BaseDatabaseWrapper.cursor:  # type: ignore[attr-defined]
-        # Django's own cursor() is `return self._cursor()` under async_unsafe.
-        # Written out here rather than called through super(), which would
-        # add a frame to every query: 1,300 more instructions per SQLite
-        # query (2.4 %), against 280 (0.5 %) this way, counted by callgrind.
+def _checked_ensure_connection(next_class: type) -> Callable[[Any], None]:
+    """ensure_connection(), checking the process mark first: one memory load
+    and one branch in a process that did not fork. Every cursor comes
+    through here (Django's cursor() and chunked_cursor() call _cursor(),
+    which calls it first), and so does get_autocommit()."""
+    if next_class.ensure_connection is BaseDatabaseWrapper.ensure_connection:  # type: ignore[attr-defined]
+        # Written out rather than called through super(), which would add a
+        # frame to every query (2.4 % more instructions per SQLite query).
+        # Django's body is `if self.connection is None: <connect>`: the
+        # connecting part is Django's own, looked up when it runs, so that
+        # SimpleTestCase's patch of it still applies (tests/test_django_internals.py).
         @async_unsafe
-        def cursor(self: Any) -> Any:
+        def ensure_connection(self: Any) -> None:
             if not PROCESS_MARK[0]:
                 registry.invalidate_if_forked()
-            return self._cursor()
+            if self.connection is None:
+                BaseDatabaseWrapper.ensure_connection(self)
 
-        return cursor
+        return ensure_connection
 
-    def checked_cursor(self: Any) -> Any:  # Around a backend's own cursor().
+    def checked_ensure_connection(self: Any) -> None:  # Around a backend's own.
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
-        return next_class.cursor(self)  # type: ignore[attr-defined]  # Looked up each call, as by super().
+        next_class.ensure_connection(self)  # type: ignore[attr-defined]
 
-    return checked_cursor
+    return checked_ensure_connection
+
+
+def _checked_method(next_class: type, name: str) -> Callable[..., Any]:
+    """`name` of next_class (a method, or a property's getter), after the check."""
+    attribute = _defined(next_class, name)
+    function = attribute.fget if isinstance(attribute, property) else attribute
+
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        registry.invalidate_if_forked()
+        return function(self, *args, **kwargs)
+
+    checked.__name__ = checked.__qualname__ = name
+    checked.__doc__ = function.__doc__
+    return checked
+
+
+def _defined(klass: type, name: str) -> Any:
+    """The attribute `name` as defined on `klass` or its nearest base (not bound)."""
+    for base in klass.__mro__:
+        if name in vars(base):
+            return vars(base)[name]
+    raise AttributeError(name)
 
 
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
@@ -185,10 +240,6 @@ def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
         )
     if issubclass(wrapper_class, ForkSafeMixin):
         return wrapper_class
-    django_pools = getattr(wrapper_class, "_connection_pools", None)  # Django's PostgreSQL pools.
-    if isinstance(django_pools, dict):
-        registry.watch_pools(django_pools)
-    pools.adapt(wrapper_class)
     namespace = {
         "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
         "__qualname__": wrapper_class.__qualname__,

@@ -1,0 +1,447 @@
+/*
+ * django_forksafe._native: every inherited database socket silenced inside
+ * fork() itself, before any code of the child runs.
+ *
+ * What it does, and why here: a pthread_atfork() child handler, registered at
+ * import, runs in the child of every fork() made through the C library
+ * (os.fork, multiprocessing, gunicorn, Celery, uWSGI's workers, mules and
+ * spooler, C extensions), before any code of the child, Python or C. It puts
+ * a dead socket (one end of a socket pair whose other end is closed) over
+ * every socket whose peer is a recorded database endpoint, keeping the
+ * descriptor's close-on-exec flag. The child's drivers then see an ordinary
+ * "server closed the connection", and nothing it sends reaches the parent's
+ * sessions.
+ *
+ * What it may do: async-signal-safe system calls only (man 7 signal-safety):
+ * open, getdents64, fstat, getpeername, fcntl, socketpair, dup3, close.
+ *
+ * What it may not do: call Python, allocate, take a lock, or touch anything
+ * but the descriptors it silences. Django's state (wrappers, pools,
+ * transactions, SQLite handles) is the Python at-fork handler's and the
+ * checkout check's (django_forksafe.registry).
+ *
+ * The endpoint table is written by the parent under the GIL and published
+ * entry by entry (the count is stored with release order after the entry):
+ * a fork at any instant, from any thread, sees a consistent table.
+ *
+ * It also carries the process mark (django_forksafe.detection): a byte on a
+ * MADV_WIPEONFORK page, zeroed by the kernel in every child, read here with
+ * one load and no Python arithmetic.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+
+#define MAX_ENDPOINTS 256
+#define MAX_ADDRESS (sizeof(((struct sockaddr_un *)0)->sun_path))
+
+typedef struct {
+    int family;            /* AF_INET (IPv4-mapped IPv6 too), AF_INET6, AF_UNIX */
+    int suffix;            /* AF_UNIX: the path ends with `address` */
+    unsigned int port;     /* host byte order; AF_INET and AF_INET6 */
+    size_t length;         /* bytes of `address` */
+    unsigned char address[MAX_ADDRESS];
+} Endpoint;
+
+static Endpoint endpoints[MAX_ENDPOINTS];
+static size_t endpoint_count;   /* release on write, acquire on read */
+
+/* The dead end, made once in the parent; its inode tells the child whether
+ * the descriptor number still holds it (a daemonizer may have closed it, and
+ * the number may hold something else since). */
+static int dead_fd = -1;
+static dev_t dead_dev;
+static ino_t dead_ino;
+
+/* What the handler did in this process (0 in a process that did not fork). */
+static long silenced_count;
+static int scan_failed;
+
+/* The process mark: 1 in the process that armed it, 0 in any child. */
+static volatile unsigned char *mark_page;
+static unsigned char mark_fallback = 1;  /* if MADV_WIPEONFORK is refused */
+static int mark_wipes_on_fork;
+
+struct linux_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static int
+is_database_peer(const struct sockaddr_storage *peer, socklen_t length)
+{
+    int family = peer->ss_family;
+    const unsigned char *address;
+    size_t address_length;
+    unsigned int port = 0;
+
+    if (family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)peer;
+        address = (const unsigned char *)&in4->sin_addr;
+        address_length = 4;
+        port = ntohs(in4->sin_port);
+    }
+    else if (family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
+        address = (const unsigned char *)&in6->sin6_addr;
+        address_length = 16;
+        port = ntohs(in6->sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            family = AF_INET;
+            address += 12;
+            address_length = 4;
+        }
+    }
+    else if (family == AF_UNIX) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)peer;
+        if (length <= offsetof(struct sockaddr_un, sun_path)) {
+            return 0;  /* Unnamed: a socket pair. */
+        }
+        address = (const unsigned char *)un->sun_path;
+        address_length = length - offsetof(struct sockaddr_un, sun_path);
+        if (address[0] != '\0') {  /* A path, not an abstract name: up to its NUL. */
+            size_t end = 0;
+            while (end < address_length && address[end] != '\0') {
+                end++;
+            }
+            address_length = end;
+        }
+    }
+    else {
+        return 0;
+    }
+
+    size_t count = __atomic_load_n(&endpoint_count, __ATOMIC_ACQUIRE);
+    for (size_t i = 0; i < count; i++) {
+        const Endpoint *endpoint = &endpoints[i];
+        if (endpoint->family != family) {
+            continue;
+        }
+        if (family == AF_UNIX) {
+            if (endpoint->suffix) {
+                if (address_length >= endpoint->length
+                    && memcmp(address + address_length - endpoint->length,
+                              endpoint->address, endpoint->length) == 0) {
+                    return 1;
+                }
+            }
+            else if (endpoint->length == address_length
+                     && memcmp(endpoint->address, address, address_length) == 0) {
+                return 1;
+            }
+        }
+        else if (endpoint->port == port && endpoint->length == address_length
+                 && memcmp(endpoint->address, address, address_length) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A dead end to put over a database socket: the parent's, if the number still
+ * holds it, else one made here. -1 if none can be had (out of descriptors):
+ * the socket is then left as it is, and the Python handler keeps the
+ * connections over it unused. */
+static int
+dead_end(int *made_here)
+{
+    struct stat st;
+    int pair[2];
+
+    if (dead_fd >= 0 && fstat(dead_fd, &st) == 0 && S_ISSOCK(st.st_mode)
+        && st.st_dev == dead_dev && st.st_ino == dead_ino) {
+        return dead_fd;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+        return -1;
+    }
+    close(pair[1]);
+    *made_here = 1;
+    return pair[0];
+}
+
+static void
+silence_if_database(int fd, int *dead, int *made_here)
+{
+    struct stat st;
+    struct sockaddr_storage peer;
+    socklen_t length = sizeof(peer);
+
+    if (fd == dead_fd || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+        return;
+    }
+    memset(&peer, 0, sizeof(peer));
+    if (getpeername(fd, (struct sockaddr *)&peer, &length) != 0) {
+        return;  /* Not connected, or not a socket any more. */
+    }
+    if (!is_database_peer(&peer, length)) {
+        return;
+    }
+    if (*dead < 0) {
+        *dead = dead_end(made_here);
+        if (*dead < 0) {
+            scan_failed = 1;
+            return;
+        }
+    }
+    int flags = fcntl(fd, F_GETFD);
+    if (dup3(*dead, fd, (flags >= 0 && (flags & FD_CLOEXEC)) ? O_CLOEXEC : 0) == fd) {
+        silenced_count++;
+    }
+    else {
+        scan_failed = 1;
+    }
+}
+
+static void
+silence_in_child(void)
+{
+    int saved_errno = errno;
+    int dead = -1, made_here = 0;
+
+    silenced_count = 0;
+    scan_failed = 0;
+    if (__atomic_load_n(&endpoint_count, __ATOMIC_ACQUIRE) == 0) {
+        goto done;
+    }
+    int directory = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory < 0) {
+        scan_failed = 1;  /* No /proc: the Python handler's scan says so too. */
+        goto done;
+    }
+    /* Aligned for the records' 64-bit fields. */
+    uint64_t buffer[512];
+    for (;;) {
+        long read = syscall(SYS_getdents64, directory, buffer, sizeof(buffer));
+        if (read <= 0) {
+            if (read < 0) {
+                scan_failed = 1;
+            }
+            break;
+        }
+        for (long offset = 0; offset < read;) {
+            struct linux_dirent64 *entry = (struct linux_dirent64 *)((char *)buffer + offset);
+            offset += entry->d_reclen;
+            int fd = 0, digits = 0;
+            for (const char *c = entry->d_name; *c >= '0' && *c <= '9'; c++, digits++) {
+                fd = fd * 10 + (*c - '0');
+            }
+            if (digits > 0 && entry->d_name[digits] == '\0' && fd != directory) {
+                silence_if_database(fd, &dead, &made_here);
+            }
+        }
+    }
+    close(directory);
+    if (made_here) {
+        close(dead);
+    }
+done:
+    if (mark_page == NULL) {
+        mark_fallback = 0;
+    }
+    errno = saved_errno;
+}
+
+/* ---- Python API ---- */
+
+static PyObject *
+add_endpoint(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"family", "address", "port", "suffix", NULL};
+    int family, suffix = 0;
+    unsigned int port = 0;
+    Py_buffer address;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iy*|Ip", keywords,
+                                     &family, &address, &port, &suffix)) {
+        return NULL;
+    }
+    int valid = (family == AF_INET && address.len == 4)
+        || (family == AF_INET6 && address.len == 16)
+        || (family == AF_UNIX && address.len > 0 && (size_t)address.len <= MAX_ADDRESS);
+    if (!valid) {
+        PyBuffer_Release(&address);
+        PyErr_SetString(PyExc_ValueError, "not an IPv4, IPv6 or Unix socket address");
+        return NULL;
+    }
+    size_t count = endpoint_count;  /* Written under the GIL only. */
+    for (size_t i = 0; i < count; i++) {
+        const Endpoint *known = &endpoints[i];
+        if (known->family == family && known->suffix == suffix && known->port == port
+            && known->length == (size_t)address.len
+            && memcmp(known->address, address.buf, address.len) == 0) {
+            PyBuffer_Release(&address);
+            Py_RETURN_TRUE;
+        }
+    }
+    if (count == MAX_ENDPOINTS) {
+        PyBuffer_Release(&address);
+        Py_RETURN_FALSE;  /* Full: the Python handler scans as well. */
+    }
+    Endpoint *endpoint = &endpoints[count];
+    memset(endpoint, 0, sizeof(*endpoint));
+    endpoint->family = family;
+    endpoint->suffix = family == AF_UNIX && suffix;
+    endpoint->port = family == AF_UNIX ? 0 : port;
+    endpoint->length = (size_t)address.len;
+    memcpy(endpoint->address, address.buf, address.len);
+    PyBuffer_Release(&address);
+    __atomic_store_n(&endpoint_count, count + 1, __ATOMIC_RELEASE);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+last_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    return Py_BuildValue("(lO)", silenced_count, scan_failed ? Py_False : Py_True);
+}
+
+/* The process mark, as a sequence of one byte: PROCESS_MARK[0]. */
+
+typedef struct {
+    PyObject_HEAD
+} ProcessMark;
+
+static PyObject *
+mark_getitem(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(index))
+{
+    unsigned char armed = mark_page != NULL ? *mark_page : mark_fallback;
+    return PyLong_FromLong(armed);
+}
+
+static int
+mark_setitem(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(index), PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "the process mark cannot be deleted");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    if (truth < 0) {
+        return -1;
+    }
+    if (mark_page != NULL) {
+        *mark_page = (unsigned char)truth;
+    }
+    else {
+        mark_fallback = (unsigned char)truth;
+    }
+    return 0;
+}
+
+static PyMappingMethods mark_as_mapping = {
+    .mp_subscript = mark_getitem,
+    .mp_ass_subscript = mark_setitem,
+};
+
+static PyTypeObject ProcessMarkType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "django_forksafe._native.ProcessMark",
+    .tp_basicsize = sizeof(ProcessMark),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "1 in the process that armed it, 0 in any child: PROCESS_MARK[0].",
+    .tp_as_mapping = &mark_as_mapping,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyMethodDef methods[] = {
+    {"add_endpoint", (PyCFunction)(void (*)(void))add_endpoint, METH_VARARGS | METH_KEYWORDS,
+     "add_endpoint(family, address, port=0, suffix=False) -> bool\n\n"
+     "Record a database endpoint: 4 or 16 address bytes and a port, or a Unix\n"
+     "socket's name (its end, with suffix). False if the table is full."},
+    {"last_fork", last_fork, METH_NOARGS,
+     "last_fork() -> (silenced, complete)\n\n"
+     "What the fork handler did in this process: how many sockets it silenced,\n"
+     "and whether it could look at every descriptor."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_definition = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "django_forksafe._native",
+    .m_doc = "Inherited database sockets silenced inside fork() (see _native.c).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+static int initialized;
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    if (PyType_Ready(&ProcessMarkType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_definition);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (!initialized) {
+        /* Once per process, even if the module is loaded again. */
+        long page_size = sysconf(_SC_PAGESIZE);
+        void *page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (page != MAP_FAILED) {
+            if (madvise(page, page_size, MADV_WIPEONFORK) == 0) {
+                mark_page = page;
+                *mark_page = 1;
+                mark_wipes_on_fork = 1;
+            }
+            else {
+                munmap(page, page_size);
+            }
+        }
+        int pair[2];
+        struct stat st;
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+            close(pair[1]);
+            if (fstat(pair[0], &st) == 0) {
+                dead_fd = pair[0];
+                dead_dev = st.st_dev;
+                dead_ino = st.st_ino;
+            }
+            else {
+                close(pair[0]);
+            }
+        }
+        int error = pthread_atfork(NULL, NULL, silence_in_child);
+        if (error != 0) {
+            Py_DECREF(module);
+            errno = error;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        initialized = 1;
+    }
+    ProcessMark *mark = PyObject_New(ProcessMark, &ProcessMarkType);
+    if (mark == NULL || PyModule_AddObject(module, "PROCESS_MARK", (PyObject *)mark) < 0) {
+        Py_XDECREF(mark);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "MARK_WIPES_ON_FORK", mark_wipes_on_fork) < 0
+        || PyModule_AddIntConstant(module, "MAX_ENDPOINTS", MAX_ENDPOINTS) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
