@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from django_forksafe.hazards import libc_fork
-from tests.hazards import basic, detection, pools, servers, sockets, sqlite, transactions
+from tests.hazards import basic, detection, pools, robustness, servers, sockets, sqlite, state, transactions
 from tests.hazards.common import Monitor, Scenario
 
 __all__ = ["LIBC_FORK_TRIGGERS", "SCENARIOS", "Monitor"]
@@ -70,6 +70,24 @@ SCENARIOS: dict[str, Scenario] = {
     "unknown_pool": pools.unknown_pool(),
     "unknown_pool_dropped_in_post_fork": pools.unknown_pool(drop_in_post_fork=True),
     "libc_fork_unknown_pool_dropped_in_post_fork": pools.unknown_pool(drop_in_post_fork=True, fork=libc_fork),
+    # Django's state in a child, before any checkout (through libc: no at-fork handler).
+    **{
+        f"{prefix}{name}": make(fork)
+        for prefix, fork in (("", os.fork), ("libc_fork_", libc_fork))
+        for name, make in (
+            ("held_cursor", state.held_cursor),
+            ("ensure_connection_then_raw", state.ensure_connection_then_raw),
+            ("close_pool", state.close_pool),
+            ("atomic_in_child", state.atomic_in_child),
+            ("sqlite_forked_in_transaction", sqlite.forked_in_transaction),
+        )
+    },
+    # Around the at-fork moment.
+    "hook_before_ours": robustness.hook_before_ours,
+    "libc_fork_own_raw_connection_first": robustness.libc_fork_own_raw_connection_first,
+    "signal_during_invalidation": robustness.signal_during_invalidation,
+    "pool_close_returns": robustness.pool_close_returns,
+    **{f"raw_connection_to_{where}": robustness.raw_connection_to(where) for where in ("hostname", "socket", "hosts")},
     # SQLite.
     "sqlite_file": sqlite.sqlite_file,
     "sqlite_memory": sqlite.sqlite_memory,

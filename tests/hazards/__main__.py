@@ -3,9 +3,13 @@ from __future__ import annotations
 import json
 import sys
 
-from django_forksafe import detection
-from tests.hazards import SCENARIOS
-from tests.hazards.common import DRIVER_CLASSES
+from tests.hazards import early
+
+early.install(sys.argv[1])  # Before django-forksafe registers its own at-fork handler.
+
+from django_forksafe import detection  # noqa: E402
+from tests.hazards import SCENARIOS  # noqa: E402
+from tests.hazards.common import DRIVER_CLASSES  # noqa: E402
 
 name, vendor, engine = sys.argv[1:4]
 observations = SCENARIOS[name](vendor, engine)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import django
 from django.conf import settings
 
-from django_forksafe.hazards import run_child
+from django_forksafe.hazards import Fork, run_child
 from tests import dbconfig
 from tests.hazards.common import Result, setup
 from tests.hazards.servers import spatial_query
@@ -81,3 +83,42 @@ def sqlite_memory(vendor: str, engine: str) -> Result:
         result["parent_rows"] = [row[0] for row in cursor.fetchall()]
     result["parent_same_raw"] = connection.connection is raw
     return result
+
+
+def forked_in_transaction(fork: Fork) -> Callable[[str, str], Result]:
+    """The parent forks inside a write transaction (rollback journal). The
+    child reads, then writes: reads work, and the write fails at once with
+    an error that says why (SQLite's lock table came along with the
+    inherited handle; a busy wait would end in "database is locked")."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        setup("sqlite3", engine)
+        from django.db import connection, transaction
+
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode = DELETE")
+            cursor.execute("CREATE TABLE t (v INTEGER)")
+            cursor.execute("INSERT INTO t VALUES (1)")
+
+        def work() -> Result:
+            observations: Result = {"child_read": None, "child_write_error": None}
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT v FROM t WHERE v = 1")
+                observations["child_read"] = [row[0] for row in cursor.fetchall()]
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("INSERT INTO t VALUES (3)")
+            except Exception as exc:
+                observations["child_write_error"] = f"{type(exc).__name__}: {exc}"
+            return observations
+
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("INSERT INTO t VALUES (2)")
+            result = run_child(work, fork)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT v FROM t ORDER BY v")
+            result["parent_rows"] = [row[0] for row in cursor.fetchall()]
+        return result
+
+    return scenario

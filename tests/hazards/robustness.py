@@ -1,0 +1,263 @@
+"""
+What a review found around the at-fork moment: hooks that run before ours,
+a signal handler in the middle of invalidation, psycopg_pool's
+close_returns, and database endpoints written every way Django accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django_forksafe.hazards import SESSION_SQL, libc_fork, run_child, session_id
+from tests import dbconfig
+from tests.backends import backend_of
+from tests.hazards import early
+from tests.hazards.common import Monitor, Result, parent_of, setup
+
+
+def hook_before_ours(vendor: str, engine: str) -> Result:
+    """An at-fork hook registered before django-forksafe (a settings module,
+    a monitoring library) queries in the child: the session it opens is the
+    child's own, and stays usable after our handler has run."""
+    monitor = setup(vendor, engine)  # The hook: tests.hazards.early.
+    parent = parent_of(monitor)
+
+    def work() -> Result:
+        observations: Result = {**early.HOOK, "later_error": None}
+        try:
+            observations["later_session"] = session_id()
+        except Exception as exc:
+            observations["later_error"] = f"{type(exc).__name__}: {exc}"
+        return observations
+
+    return {**run_child(work), **parent.check()}
+
+
+def libc_fork_own_raw_connection_first(vendor: str, engine: str) -> Result:
+    """A child forked behind Python's back opens a driver connection of its
+    own outside Django (a uWSGI @postfork LISTEN connection), then uses
+    Django: its own connection must survive that first checkout."""
+    monitor = setup(vendor, engine)
+    parent = parent_of(monitor)
+
+    def work() -> Result:
+        with Monitor(vendor) as own:
+            before = own.query(SESSION_SQL[vendor])[0][0]
+            django_session = session_id()
+            observations: Result = {"django_session": django_session, "own_error": None}
+            try:
+                observations["own_same_session"] = own.query(SESSION_SQL[vendor])[0][0] == before
+            except Exception as exc:
+                observations["own_error"] = f"{type(exc).__name__}: {exc}"
+            return observations
+
+    return {**run_child(work, libc_fork), **parent.check()}
+
+
+def signal_during_invalidation(vendor: str, engine: str) -> Result:
+    """SQLite, the parent inside a write transaction (a hot rollback journal
+    on disk), forked behind Python's back. The child's first act is
+    connections.close_all(), which notices the fork and invalidates; a
+    signal handler that runs connections.close_all() too lands between
+    every two lines of that work (a trace function plays the handler,
+    deterministically). The inherited handle must never be closed: the
+    parent then commits."""
+
+    def close_all() -> None:
+        from django.db import connections
+
+        connections.close_all()
+
+    def child_landing_at(line: int) -> Result:
+        """The child: the handler lands at the `line`-th line of our code only."""
+        seen = [0]
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            if not frame.f_code.co_filename.endswith(("registry.py", "sqlite.py", "sockets.py", "wrapper.py")):
+                return None
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == line:
+                    sys.settrace(None)  # The handler itself is not traced.
+                    try:
+                        close_all()
+                    finally:
+                        sys.settrace(tracer)
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            close_all()
+        finally:
+            sys.settrace(None)
+        close_all()  # Once more afterwards (the only time, with Django's ENGINE).
+        return {"landed": seen[0] >= line}
+
+    setup(vendor, engine)
+    from django.db import connection, transaction
+
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode = DELETE")
+        cursor.execute("CREATE TABLE forksafe_signal (v INTEGER)")
+    result: Result = {"parent_commit_error": None}
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("INSERT INTO forksafe_signal VALUES (1)")
+            journal = str(connection.settings_dict["NAME"]) + "-journal"
+            result["journal_before_fork"] = os.path.exists(journal)
+
+            result["journal_lost_after_landing_at"] = None
+            line = 0
+            while True:  # One child per line of our code that the handler can land at.
+                line += 1
+                child = run_child(lambda: child_landing_at(line), libc_fork)
+                if "child_error" in child:
+                    result["child_error"] = child["child_error"]
+                    break
+                if not os.path.exists(journal):
+                    result["journal_lost_after_landing_at"] = line
+                    break
+                if not child["landed"]:
+                    break
+            result["lines_tried"] = line
+    except Exception as exc:
+        result["parent_commit_error"] = f"{type(exc).__name__}: {exc}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM forksafe_signal")
+        result["committed_rows"] = cursor.fetchone()[0]
+    return result
+
+
+def pool_close_returns(vendor: str, engine: str) -> Result:
+    """Django's pool with psycopg_pool's close_returns=True, and another
+    parent thread inside the pool (holding its lock) at the fork: the child
+    must not give connections back to the inherited pool, and so not hang."""
+    from tests.hazards.state import _pooled
+
+    monitor = setup(vendor, engine, DATABASES=_pooled(vendor, engine, close_returns=True))
+    from django.db import connection
+
+    parent = parent_of(monitor)
+    pool: Any = connection.pool  # type: ignore[attr-defined]
+    held, release = threading.Event(), threading.Event()
+
+    def hold_pool_lock() -> None:
+        with pool._lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_pool_lock)
+    holder.start()
+    held.wait()
+    try:
+        result = run_child(_close_then_query)
+    finally:
+        release.set()
+        holder.join()
+    return {**result, **parent.check()}
+
+
+def _close_then_query() -> Result:
+    from django.db import connection
+
+    connection.close()  # With Django's ENGINE: putconn() on the inherited pool.
+    return {"child_session": session_id()}
+
+
+def raw_connection_to(where: str) -> Callable[[str, str], Result]:
+    """A driver connection the app opened outside Django, to the server its
+    settings name by `where`: "hostname" (a name, not an address), "socket"
+    (MySQL's Unix socket path as HOST), "hosts" (libpq's list). Before it, an
+    odd socket (an abstract Unix name that is not UTF-8). The child closes
+    the raw connection: that must never end the parent's session."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        config = dbconfig.server(vendor)
+        backend = backend_of(engine)
+        if backend is not None and backend.install_as_mysqldb:
+            import pymysql
+
+            pymysql.install_as_MySQLdb()  # Before _mysql_socket_path() imports MySQLdb.
+        odd = _odd_unix_socket()
+        host = {
+            "hostname": socket.gethostname(),
+            "socket": _mysql_socket_path(),
+            "hosts": f"{config['HOST']},{config['HOST']}",
+        }[where]
+        port = f"{config['PORT']},{config['PORT']}" if where == "hosts" else config["PORT"]
+        databases = {"default": dbconfig.database(vendor, engine, HOST=host, PORT=port)}
+        setup(vendor, engine, DATABASES=databases)
+        from django.db import connection
+
+        connection.ensure_connection()  # Django's own, as the settings say.
+        raw = _raw_connection(vendor, host if where != "hosts" else config["HOST"])
+        cursor = raw.cursor()
+        cursor.execute(SESSION_SQL[vendor])
+        session = int(cursor.fetchone()[0])
+        cursor.close()
+
+        def work() -> Result:
+            raw.close()  # Sends COM_QUIT / Terminate, unless silenced.
+            return {"child_session": session_id()}
+
+        result = run_child(work)
+        result["raw_error"] = None
+        try:
+            cursor = raw.cursor()
+            cursor.execute(SESSION_SQL[vendor])
+            result["raw_same_session"] = int(cursor.fetchone()[0]) == session
+        except Exception as exc:
+            result["raw_error"] = f"{type(exc).__name__}: {exc}"
+        result["raw_session_on_server"] = Monitor(vendor).alive(session)
+        raw.close()
+        odd.close()
+        return result
+
+    return scenario
+
+
+def _odd_unix_socket() -> socket.socket:
+    """A connected Unix socket whose peer's abstract name is not UTF-8."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(b"\0forksafe-\xff-" + str(os.getpid()).encode())
+    listener.listen(1)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    _keep.append(accepted)
+    return client
+
+
+_keep: list[socket.socket] = []
+
+
+def _mysql_socket_path() -> str:
+    monitor = Monitor("mysql")
+    try:
+        return str(monitor.query("SELECT @@socket")[0][0])
+    finally:
+        monitor.conn.close()
+
+
+def _raw_connection(vendor: str, host: str) -> Any:
+    config = dbconfig.server(vendor)
+    if vendor == "mysql":
+        import MySQLdb  # PyMySQL, where the ENGINE installed it as MySQLdb.
+
+        where = {"unix_socket": host} if host.startswith("/") else {"host": host, "port": int(config["PORT"])}
+        return MySQLdb.connect(user=config["USER"], password=config["PASSWORD"], database=config["NAME"], **where)
+    try:
+        import psycopg as driver
+    except ImportError:
+        import psycopg2 as driver  # type: ignore[no-redef]
+    return driver.connect(
+        host=host, port=config["PORT"], user=config["USER"], password=config["PASSWORD"] or None, dbname=config["NAME"]
+    )
+

@@ -1,0 +1,195 @@
+"""
+Django's state in a child, used before any checkout, and what a review found
+around the at-fork moment (tests.hazards.state and tests.hazards.robustness),
+each with Django's plain ENGINE as the control. Forks through os.fork() and
+through libc (no at-fork handler: uWSGI, C extensions). Each runs with the
+C extension and without it (DJANGO_FORKSAFE_NATIVE=0).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+
+from tests.test_hazards import LOST_SESSION, SERVERS, assert_kept_session, run
+
+FORKS = pytest.mark.parametrize("fork", ["", "libc_fork_"])
+MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "pure-python"])
+
+
+def run_with(scenario: str, vendor: str, engine: str = "forksafe", native: str = "1") -> dict[str, Any]:
+    return run(scenario, vendor, engine, DJANGO_FORKSAFE_NATIVE=native)
+
+
+def test_c_extension_built() -> None:
+    # Where it can be (Linux, CPython, a compiler), the wheel carries it.
+    assert importlib.util.find_spec("django_forksafe._native") is not None
+
+
+@MECHANISMS
+@FORKS
+@pytest.mark.parametrize("vendor", ["mysql", "postgresql", "sqlite3"])
+def test_held_cursor_never_reaches_parent(fork: str, vendor: str, native: str) -> None:
+    result = run_with(f"{fork}held_cursor", vendor, native=native)
+    assert result["held_cursor_error"] is not None
+    assert result["held_cursor_answer"] is None
+    assert result["child_session"] != result["parent_session"]
+    assert result["parent_error"] is None and result["parent_same_session"]
+    if vendor != "sqlite3":
+        assert_kept_session(result)
+
+
+@FORKS
+@pytest.mark.parametrize("vendor", ["mysql", "postgresql", "sqlite3"])
+def test_control_held_cursor_runs_on_parent_session(fork: str, vendor: str) -> None:
+    result = run(f"{fork}held_cursor", vendor, "plain")
+    assert result["held_cursor_error"] is None
+    expected = result["parent_session"] if vendor != "sqlite3" else 42  # SQLite: the parent's TEMPORARY table.
+    assert result["held_cursor_answer"] == expected
+
+
+@MECHANISMS
+@FORKS
+@SERVERS
+def test_ensure_connection_then_raw_connection_is_childs_own(fork: str, vendor: str, native: str) -> None:
+    result = run_with(f"{fork}ensure_connection_then_raw", vendor, native=native)
+    assert result["raw_session"] != result["parent_session"]
+    assert_kept_session(result)
+
+
+@FORKS
+@SERVERS
+def test_control_ensure_connection_then_raw_connection_is_parents(fork: str, vendor: str) -> None:
+    result = run(f"{fork}ensure_connection_then_raw", vendor, "plain")
+    assert result["raw_session"] == result["parent_session"]
+
+
+@MECHANISMS
+@FORKS
+def test_close_pool_in_child_keeps_parents_pool(fork: str, native: str) -> None:
+    result = run_with(f"{fork}close_pool", "postgresql", native=native)
+    assert result["child_session"] not in result["parent_pool"]
+    assert result["parent_errors"] == []
+    assert result["parent_pool_after"] == result["parent_pool"]
+
+
+@FORKS
+def test_control_close_pool_in_child_closes_parents_pool(fork: str) -> None:
+    result = run(f"{fork}close_pool", "postgresql", "plain")
+    assert result["parent_errors"], result
+    assert any(message in error for error in result["parent_errors"] for message in LOST_SESSION)
+
+
+@MECHANISMS
+@FORKS
+@SERVERS
+def test_atomic_in_child_is_its_own_transaction(fork: str, vendor: str, native: str) -> None:
+    result = run_with(f"{fork}atomic_in_child", vendor, native=native)
+    assert result["child_rollback_error"] is None and result["child_commit_error"] is None
+    assert result["child_on_commit_ran"] == [8]
+    # 7 rolled back with the child's block, 1 with the parent's transaction.
+    assert result["committed"] == result["committed_on_server"] == [8]
+
+
+@FORKS
+@SERVERS
+def test_control_atomic_in_child_is_a_savepoint_of_parents_transaction(fork: str, vendor: str) -> None:
+    result = run(f"{fork}atomic_in_child", vendor, "plain")
+    assert result["child_on_commit_ran"] == []  # Queued on the parent's transaction.
+    assert 8 not in result["committed_on_server"]  # Rolled back with the parent's.
+
+
+@MECHANISMS
+@FORKS
+def test_sqlite_child_forked_inside_transaction_told_why_it_cannot_write(fork: str, native: str) -> None:
+    result = run_with(f"{fork}sqlite_forked_in_transaction", "sqlite3", native=native)
+    assert result["child_read"] == [1]
+    assert "forked while its parent held a transaction" in result["child_write_error"]
+    assert result["parent_rows"] == [1, 2]
+
+
+@FORKS
+def test_control_sqlite_child_writes_inside_parents_transaction(fork: str) -> None:
+    # Through the inherited handle: the child's write joins the parent's transaction.
+    result = run(f"{fork}sqlite_forked_in_transaction", "sqlite3", "plain")
+    assert result["child_write_error"] is None
+
+
+@MECHANISMS
+@SERVERS
+def test_hook_registered_before_ours_keeps_its_session(vendor: str, native: str) -> None:
+    result = run_with("hook_before_ours", vendor, native=native)
+    assert "hook_error" not in result
+    assert result["hook_session"] != result["parent_session"]
+    assert result["later_error"] is None
+    assert result["later_session"] == result["hook_session"]
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_control_hook_registered_before_ours_runs_on_parent_session(vendor: str) -> None:
+    result = run("hook_before_ours", vendor, "plain")
+    assert result["hook_session"] == result["parent_session"]
+
+
+@SERVERS
+def test_libc_forked_childs_own_raw_connection_survives_first_checkout(vendor: str) -> None:
+    # Inside fork() only inherited sockets exist: the C extension never
+    # touches one the child opens. (Without it, see README's Limits.)
+    result = run_with("libc_fork_own_raw_connection_first", vendor)
+    assert result["own_error"] is None and result["own_same_session"]
+    assert result["django_session"] != result["parent_session"]
+    assert_kept_session(result)
+
+
+@MECHANISMS
+def test_signal_handler_during_invalidation_never_closes_inherited_handle(native: str) -> None:
+    result = run_with("signal_during_invalidation", "sqlite3", native=native)
+    assert result["lines_tried"] > 20  # The handler landed all through the work.
+    assert result["journal_lost_after_landing_at"] is None
+    assert result["parent_commit_error"] is None
+    assert result["committed_rows"] == 1
+
+
+def test_control_signal_handler_closes_inherited_handle() -> None:
+    result = run("signal_during_invalidation", "sqlite3", "plain")
+    assert result["journal_lost_after_landing_at"] == 1
+    assert "disk I/O error" in result["parent_commit_error"]
+
+
+@MECHANISMS
+def test_pool_close_returns_never_hangs_child(native: str) -> None:
+    result = run_with("pool_close_returns", "postgresql", native=native)
+    assert result["child_session"] != result["parent_session"]
+    assert_kept_session(result)
+
+
+def test_control_pool_close_returns_hangs_child() -> None:
+    result = run("pool_close_returns", "postgresql", "plain", allow_child_error=True)
+    assert result["child_error"].startswith("hung")
+
+
+ENDPOINTS = [
+    ("raw_connection_to_hostname", "mysql", "pymysql"),
+    ("raw_connection_to_socket", "mysql", "pymysql"),
+    ("raw_connection_to_socket", "mysql", "plain"),
+    ("raw_connection_to_hosts", "postgresql", "plain"),
+]
+
+
+@MECHANISMS
+@pytest.mark.parametrize(("scenario", "vendor", "control"), ENDPOINTS)
+def test_endpoints_every_way_settings_name_them(scenario: str, vendor: str, control: str, native: str) -> None:
+    engine = "forksafe" if control == "plain" else f"{control}-forksafe"
+    result = run_with(scenario, vendor, engine, native=native)
+    assert result["raw_error"] is None and result["raw_same_session"]
+    assert result["raw_session_on_server"]
+
+
+@pytest.mark.parametrize(("scenario", "vendor", "control"), ENDPOINTS)
+def test_control_endpoints_raw_connection_closed_by_child(scenario: str, vendor: str, control: str) -> None:
+    result = run(scenario, vendor, control)
+    assert any(message in result["raw_error"] for message in LOST_SESSION), result
+    assert not result["raw_session_on_server"]
