@@ -46,7 +46,7 @@ def load_native() -> ModuleType | None:
         from django_forksafe import _native
     except ImportError:  # Not built: no compiler, not Linux, not CPython.
         return None
-    return _native
+    return _native  # type: ignore[no-any-return,unused-ignore]
 
 
 NATIVE: Final = load_native()

@@ -135,7 +135,7 @@ def _hosts_and_ports(vendor: str, settings_dict: Mapping[str, Any]) -> Iterator[
     ports = port.split(",") if vendor == "postgresql" else [port]
     if len(ports) == 1:
         ports = ports * len(hosts)
-    for one_host, one_port in zip(hosts, ports):
+    for one_host, one_port in zip(hosts, ports, strict=False):
         try:
             number = int(one_port.strip() or DEFAULT_PORTS[vendor])
         except ValueError:  # The driver will say what is wrong with it.
@@ -145,7 +145,7 @@ def _hosts_and_ports(vendor: str, settings_dict: Mapping[str, Any]) -> Iterator[
 
 def _add_ip(address: str, port: int) -> None:
     with contextlib.suppress(ValueError):
-        parsed = ipaddress.ip_address(address.split("%")[0])
+        parsed = ipaddress.ip_address(address.partition("%")[0])
         if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped:
             parsed = parsed.ipv4_mapped
         _add((str(parsed), port))
@@ -186,7 +186,7 @@ def _endpoint(sock: socket.socket) -> Endpoint | None:
         # Abstract names come as bytes, and need not be UTF-8.
         return ("unix", os.fsdecode(peer)) if peer else None
     if sock.family in (socket.AF_INET, socket.AF_INET6):
-        address = ipaddress.ip_address(peer[0].split("%")[0])
+        address = ipaddress.ip_address(peer[0].partition("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         return (str(address), int(peer[1]))
@@ -233,7 +233,7 @@ def silence_inherited() -> int:
                     closed.close()
                 os.dup2(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
                 silenced += 1
-            except Exception:  # noqa: S112  # Closed meanwhile, or an odd socket: on to the next.
+            except Exception:  # Closed meanwhile, or an odd socket: on to the next.
                 continue
     finally:
         if dead_end is not None:

@@ -42,12 +42,12 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             return
         next_class = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1]
         if "ensure_connection" not in vars(cls):
-            cls.ensure_connection = _checked_ensure_connection(next_class)  # type: ignore[method-assign]
+            cls.ensure_connection = _checked_ensure_connection(next_class)  # type: ignore[method-assign,assignment]
         # Django's PostgreSQL pool (5.1 and later), where the backend has one.
         if callable(getattr(next_class, "close_pool", None)) and "close_pool" not in vars(cls):
-            cls.close_pool = _checked_method(next_class, "close_pool")
+            setattr(cls, "close_pool", _checked_method(next_class, "close_pool"))  # noqa: B010
         if isinstance(getattr(next_class, "pool", None), property) and "pool" not in vars(cls):
-            cls.pool = property(_checked_method(next_class, "pool"))
+            setattr(cls, "pool", property(_checked_method(next_class, "pool")))  # noqa: B010
         django_pools = getattr(cls, "_connection_pools", None)
         if isinstance(django_pools, dict):
             registry.watch_pools(django_pools)
@@ -202,7 +202,7 @@ def _checked_ensure_connection(next_class: type) -> Callable[[Any], None]:
 def _checked_method(next_class: type, name: str) -> Callable[..., Any]:
     """`name` of next_class (a method, or a property's getter), after the check."""
     attribute = _defined(next_class, name)
-    function = attribute.fget if isinstance(attribute, property) else attribute
+    function: Callable[..., Any] = attribute.fget if isinstance(attribute, property) else attribute  # type: ignore[assignment]
 
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
         registry.invalidate_if_forked()

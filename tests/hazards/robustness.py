@@ -6,6 +6,7 @@ close_returns, and database endpoints written every way Django accepts.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -116,7 +117,7 @@ def signal_during_invalidation(vendor: str, engine: str) -> Result:
             line = 0
             while True:  # One child per line of our code that the handler can land at.
                 line += 1
-                child = run_child(lambda: child_landing_at(line), libc_fork)
+                child = run_child(functools.partial(child_landing_at, line), libc_fork)
                 if "child_error" in child:
                     result["child_error"] = child["child_error"]
                     break
