@@ -16,6 +16,7 @@ class DjangoForksafeConfig(AppConfig):
         checks.register(forksafe_checks.check_engines)
         checks.register(forksafe_checks.check_settings)
         checks.register(forksafe_checks.check_uwsgi)
+        checks.register(forksafe_checks.check_mechanism)
         # uWSGI loads the app without running system checks: say it here.
         message = hook_missing()
         if message is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Warning
+from django.core.checks import Info, Warning
 from django.db import connections
 
 
@@ -52,3 +52,19 @@ def check_uwsgi(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     if message is None:
         return []
     return [Warning(message, hint=HINT, id="django_forksafe.W002")]
+
+
+def check_mechanism(app_configs: Any = None, **kwargs: Any) -> list[Info]:
+    """Said when the C extension is not in use (forksafe_check always says which is)."""
+    from django_forksafe import detection
+
+    if detection.NATIVE is not None:
+        return []
+    return [
+        Info(
+            f"django-forksafe runs in {detection.MECHANISM}.",
+            hint="The C extension (built where a C compiler is found, on Linux and CPython) also "
+            "silences inherited sockets inside fork() itself; DJANGO_FORKSAFE_NATIVE=0 turns it off.",
+            id="django_forksafe.I001",
+        )
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_forksafe.checks import check_settings
-from tests import dbconfig
+from django_forksafe.checks import check_mechanism, check_settings
+from tests import IMPORT_PATH, dbconfig
 from tests.test_servers import PROJECT, free_port, prepare, project_env, require
 
 # What Django's plain ENGINE leaves open for certain, per vendor.
@@ -115,3 +116,28 @@ def test_system_check_flags_obsolete_strict_setting(value: object) -> None:
     assert warning.id == "django_forksafe.W003"
     assert "FORKSAFE_STRICT has no effect" in warning.msg
     assert check_settings() == []
+
+
+def test_info_check_says_when_the_c_extension_is_not_in_use() -> None:
+    from django_forksafe import detection
+
+    if detection.NATIVE is not None:
+        assert check_mechanism() == []
+    else:
+        (info,) = check_mechanism()
+        assert info.id == "django_forksafe.I001"
+        assert "pure Python" in info.msg
+
+
+def test_mechanism_follows_the_switch() -> None:
+    # What forksafe_check prints as "Mechanism:".
+    for native, expected in (("1", "C extension"), ("0", "pure Python")):
+        process = subprocess.run(
+            [sys.executable, "-c", "from django_forksafe import detection; print(detection.MECHANISM)"],
+            capture_output=True,
+            text=True,
+            cwd=IMPORT_PATH,
+            env={**os.environ, "PYTHONPATH": IMPORT_PATH, "DJANGO_FORKSAFE_NATIVE": native},
+            check=True,
+        )
+        assert process.stdout.startswith(expected)

@@ -119,6 +119,7 @@ class Command(BaseCommand):
     def write_table(self, results: list[dict[str, Any]]) -> None:
         width = max(len(hazard) for hazard in HAZARDS)
         self.stdout.write(f"Fork detection: {detection.METHOD} ({detection.DESCRIPTION[detection.METHOD]})")
+        self.stdout.write(f"Mechanism: {detection.MECHANISM}")
         for result in results:
             self.stdout.write(self.style.MIGRATE_HEADING(f"{result['alias']}  ({result['engine']})"))
             if not result["reachable"]:
