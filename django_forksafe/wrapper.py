@@ -14,6 +14,8 @@ from django_forksafe import pools, registry, sockets, sqlite
 from django_forksafe.detection import PROCESS_MARK
 
 WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
+# Before any test patches it (Django's runner imports us at setup()).
+_DJANGOS_ENSURE_CONNECTION = BaseDatabaseWrapper.ensure_connection
 
 
 class ForkSafeMixin(BaseDatabaseWrapper):
@@ -42,7 +44,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             return
         next_class = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1]
         if "ensure_connection" not in vars(cls):
-            cls.ensure_connection = _checked_ensure_connection(next_class)  # type: ignore[method-assign,assignment]
+            cls.ensure_connection = _checked_ensure_connection(cls, next_class)  # type: ignore[method-assign,assignment]
         # Django's PostgreSQL pool (5.1 and later), where the backend has one.
         if callable(getattr(next_class, "close_pool", None)) and "close_pool" not in vars(cls):
             setattr(cls, "close_pool", _checked_method(next_class, "close_pool"))  # noqa: B010
@@ -171,7 +173,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.health_check_done = False
 
 
-def _checked_ensure_connection(next_class: type) -> Callable[[Any], None]:
+def _checked_ensure_connection(cls: type, next_class: type) -> Callable[[Any], None]:
     """ensure_connection(), checking the process mark first: one memory load
     and one branch in a process that did not fork. Every cursor comes
     through here (Django's cursor() and chunked_cursor() call _cursor(),
@@ -179,22 +181,34 @@ def _checked_ensure_connection(next_class: type) -> Callable[[Any], None]:
     if next_class.ensure_connection is BaseDatabaseWrapper.ensure_connection:  # type: ignore[attr-defined]
         # Written out rather than called through super(), which would add a
         # frame to every query (2.4 % more instructions per SQLite query).
-        # Django's body is `if self.connection is None: <connect>`: the
-        # connecting part is Django's own, looked up when it runs, so that
-        # SimpleTestCase's patch of it still applies (tests/test_django_internals.py).
+        # Django's body is `if self.connection is None: <connect>`. The
+        # connecting part is looked up through super() when it runs, so that
+        # a patch of BaseDatabaseWrapper.ensure_connection applies, as to
+        # Django's wrappers: SimpleTestCase's (a function), or a test's mock
+        # (no descriptor: called unbound, as super() returns it). A patch that
+        # calls back the method it replaced, taken from the connection before
+        # patching, reaches this one again: that call connects, as Django's
+        # own would have (its test_utils does this).
         @async_unsafe
         def ensure_connection(self: Any) -> None:
             if not PROCESS_MARK[0]:
                 registry.invalidate_if_forked()
             if self.connection is None:
-                BaseDatabaseWrapper.ensure_connection(self)
+                if self.__dict__.get("_forksafe_connecting"):
+                    _DJANGOS_ENSURE_CONNECTION(self)
+                    return
+                self._forksafe_connecting = True
+                try:
+                    super(cls, self).ensure_connection()
+                finally:
+                    self._forksafe_connecting = False
 
         return ensure_connection
 
     def checked_ensure_connection(self: Any) -> None:  # Around a backend's own.
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
-        next_class.ensure_connection(self)  # type: ignore[attr-defined]
+        super(cls, self).ensure_connection()
 
     return checked_ensure_connection
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from io import StringIO
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -206,3 +207,22 @@ def test_connect_over_an_open_connection_forgets_the_old_one(alias: str) -> None
         assert id(connection.connection) in registry._open_connections
     finally:
         old.close()
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_mock_of_djangos_ensure_connection_applies(alias: str) -> None:
+    """As in Django's own test_utils: a mock patched over
+    BaseDatabaseWrapper.ensure_connection is called (unbound, as Django's
+    wrappers would call it) when a query needs a connection."""
+    connection = connections[alias]
+    real_ensure_connection = connection.ensure_connection
+    connection.close()
+    calls = []
+
+    def counted_ensure_connection() -> None:
+        calls.append(connection.connection is None)
+        real_ensure_connection()
+
+    with mock.patch.object(BaseDatabaseWrapper, "ensure_connection", side_effect=counted_ensure_connection):
+        assert names(alias) == []
+    assert calls == [True]
