@@ -8,11 +8,12 @@ set -uo pipefail
 say() { printf '%s\n' "--- $*"; }
 
 # mysqlclient's build; the servers' clients; PostGIS, SpatiaLite, GDAL/GEOS for
-# the GIS ENGINEs; PgBouncer; Debian's Python (its sqlite3 loads SpatiaLite).
+# the GIS ENGINEs; PgBouncer; Debian's Python (its sqlite3 loads SpatiaLite);
+# strace and tcpdump count system calls and bytes; memcached for the caches.
 pg_major="$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1)"
 packages=(libmariadb-dev pkg-config mariadb-client postgresql-client
     "postgresql-${pg_major:-15}-postgis-3" libsqlite3-mod-spatialite gdal-bin pgbouncer
-    python3 openssl strace)
+    python3 openssl strace tcpdump memcached)
 if command -v dpkg >/dev/null; then
     missing=()
     for package in "${packages[@]}"; do
