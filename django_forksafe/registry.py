@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,10 @@ _pool_pids: dict[int, int] = {}
 # a signal handler may close connections while invalidation runs.
 _invalidation_locks: dict[int, threading.RLock] = {}
 
+# Called with the child's pid on invalidation, to drop other inherited
+# clients (django_forksafe.cache: memcached clients).
+_invalidation_hooks: list[Callable[[int], None]] = []
+
 # The process that last invalidated inherited connections (or imported us):
 # the parent_pid of post_fork, and the pid recorded with each connection.
 _known_pid = os.getpid()
@@ -105,6 +109,12 @@ def track_pool(pool: Any) -> None:
         _pool_pids[key] = _known_pid
 
 
+def on_invalidation(hook: Callable[[int], None]) -> None:
+    """Have invalidate_inherited() call `hook(pid)` in every child, before post_fork."""
+    if hook not in _invalidation_hooks:
+        _invalidation_hooks.append(hook)
+
+
 def untrack(raw: Any) -> None:
     """Forget a raw connection its own process has closed."""
     _open_connections.pop(id(raw), None)
@@ -140,6 +150,9 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
             sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
     with _logged("could not drop an inherited third-party connection pool"):
         forget_inherited_pools()
+    for hook in list(_invalidation_hooks):
+        with _logged("could not drop an inherited client"):
+            hook(pid)
     if _known_pid == pid:  # Done meanwhile, post_fork included (by a signal handler).
         return Invalidation(parent_pid, aliases)
     # Before post_fork, so that its receivers can use the database.

@@ -118,12 +118,17 @@ def _fileno(raw: Any) -> int | None:
 def _resolve_hosts(vendor: str, settings_dict: Mapping[str, Any]) -> None:
     # No descriptor and no socket object: the host names, resolved once.
     for host, port in _hosts_and_ports(vendor, settings_dict):
-        if not host or host.startswith("/") or (host, port) in _resolved:
-            continue
-        _resolved.add((host, port))
-        with contextlib.suppress(OSError, UnicodeError):
-            for *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-                _add_ip(str(address[0]), port)
+        if host and not host.startswith("/"):
+            _resolve(host, port)
+
+
+def _resolve(host: str, port: int) -> None:
+    if (host, port) in _resolved:
+        return
+    _resolved.add((host, port))
+    with contextlib.suppress(OSError, UnicodeError):
+        for *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            _add_ip(str(address[0]), port)
 
 
 def _hosts_and_ports(vendor: str, settings_dict: Mapping[str, Any]) -> Iterator[tuple[str, int]]:
@@ -175,6 +180,28 @@ def remember_settings(vendor: str, settings_dict: Mapping[str, Any]) -> None:
                 _add(("unix", "/mysqld.sock"), suffix=True)
         for address in ("127.0.0.1", "::1") if host in ("", "localhost") else (host,):
             _add_ip(address, port)
+
+
+def remember_server(host: str, port: int, resolve: bool = False) -> bool:
+    """Record a server endpoint named outside DATABASES (a cache's LOCATION):
+    a Unix socket path, an IP address or localhost, without a DNS lookup. A
+    host name is resolved (once) with `resolve`, for a client whose sockets
+    cannot be looked at; else False: record its connected peer instead."""
+    if host.startswith("/"):
+        _add(("unix", host))
+        return True
+    if host in ("", "localhost"):
+        for address in ("127.0.0.1", "::1"):
+            _add_ip(address, port)
+        return True
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        if resolve:
+            _resolve(host, port)
+        return resolve
+    _add_ip(host, port)
+    return True
 
 
 def _endpoint(sock: socket.socket) -> Endpoint | None:
