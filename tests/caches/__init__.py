@@ -1,0 +1,105 @@
+"""
+The cache tests' servers and settings: our own memcached (started by
+tests/machine/setup.sh on 127.0.0.1:11311 and a Unix socket under /tmp;
+FORKSAFE_MEMCACHED / FORKSAFE_MEMCACHED_SOCKET to move them) and Redis
+(127.0.0.1:6379, Celery's broker; database 12 here).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import pytest
+
+from tests import dbconfig
+
+MEMCACHED = os.environ.get("FORKSAFE_MEMCACHED", "127.0.0.1:11311")
+MEMCACHED_SOCKET = os.environ.get("FORKSAFE_MEMCACHED_SOCKET", "/tmp/forksafe-memcached.sock")
+REDIS = "redis://127.0.0.1:6379/12"
+
+# Per library: Django's BACKEND (the control) and ours.
+BACKENDS = {
+    "pylibmc": {
+        "plain": "django.core.cache.backends.memcached.PyLibMCCache",
+        "forksafe": "django_forksafe.cache.PyLibMCCache",
+    },
+    "pymemcache": {
+        "plain": "django.core.cache.backends.memcached.PyMemcacheCache",
+        "forksafe": "django_forksafe.cache.PyMemcacheCache",
+    },
+    # redis-py checks the pid at every checkout: Django's own is the one tested.
+    "redis": {"plain": "django.core.cache.backends.redis.RedisCache"},
+}
+MEMCACHED_LIBRARIES = ("pylibmc", "pymemcache")
+# Bounded, so that a control that loses replies fails instead of hanging.
+TIMEOUT_OPTIONS = {"pylibmc": {"behaviors": {"connect_timeout": 2000, "receive_timeout": 2_000_000,
+                                             "send_timeout": 2_000_000}},
+                   "pymemcache": {"connect_timeout": 2, "timeout": 2},
+                   "redis": {}}
+
+
+def memcached_address(where: str = "tcp") -> tuple[str, int] | str:
+    if where == "unix":
+        return MEMCACHED_SOCKET
+    host, _, port = MEMCACHED.rpartition(":")
+    return host, int(port)
+
+
+def location(library: str, where: str = "tcp") -> Any:
+    """LOCATION for the library: "host:port", or the Unix socket ("unix:/path")."""
+    if library == "redis":
+        return REDIS
+    return f"unix:{MEMCACHED_SOCKET}" if where == "unix" else MEMCACHED
+
+
+def cache_entry(library: str, variant: str, where: str = "tcp", **extra: Any) -> dict[str, Any]:
+    entry = {"BACKEND": BACKENDS[library][variant], "LOCATION": location(library, where),
+             "OPTIONS": TIMEOUT_OPTIONS[library]}
+    return {**entry, **extra}
+
+
+def unreachable_reason(library: str, where: str = "tcp") -> str | None:
+    """Why the library's server cannot be used, or None if it answers."""
+    if library == "redis":
+        address: Any = ("127.0.0.1", 6379)
+        family = socket.AF_INET
+    else:
+        address = memcached_address(where)
+        family = socket.AF_UNIX if where == "unix" else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(address)
+        return None
+    except OSError as exc:
+        return f"{library}'s server not reachable at {address} ({exc}); run tests/machine/setup.sh"
+
+
+def held_ports(server_port: int) -> set[int]:
+    """Local ports of this process's TCP sockets to `server_port`."""
+    ports = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getpeername()[1] == server_port:
+                    ports.add(int(sock.getsockname()[1]))
+        except OSError:  # Not a socket, not connected, or closed meanwhile.
+            continue
+    return ports
+
+
+def require(library: str, where: str = "tcp") -> None:
+    """Skip when the server or the client library is missing; fail in CI."""
+    reason = unreachable_reason(library, where)
+    if reason is None:
+        module = {"pylibmc": "pylibmc", "pymemcache": "pymemcache", "redis": "redis"}[library]
+        try:
+            __import__(module)
+        except ImportError as exc:
+            reason = f"{module} is not installed ({exc})"
+    if reason is not None:
+        if dbconfig.in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)

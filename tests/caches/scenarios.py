@@ -1,0 +1,197 @@
+"""
+Cache fork hazards, reproduced with real forks against a real memcached (or
+Redis): ``python -m tests.caches SCENARIO LIBRARY VARIANT [WHERE]`` runs one
+in a fresh process and prints one JSON object of observations for
+tests/test_caches.py to judge. LIBRARY is pylibmc, pymemcache or redis;
+VARIANT is plain (Django's BACKEND) or forksafe; WHERE is tcp or unix.
+
+The parent always warms the cache before it forks (a set and a get: what an
+AppConfig.ready() warm-up or a settings check does in a preloading master).
+Which connection a process uses is seen from both ends: the local ports of
+the TCP sockets to the server that the process holds (/proc), and the
+server's own list of client connections (memcached's ``stats conns``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django_forksafe.hazards import Fork, child_report, fork_child, libc_fork, run_child
+from tests import caches
+
+Observations = dict[str, Any]
+
+ROUNDS = 1000
+CHILDREN = 4
+# Keys of this run only: other clients of the server never fail the test.
+PREFIX = f"forksafe-test-{uuid.uuid4().hex[:12]}"
+
+
+def cache() -> Any:
+    from django.core.cache import caches as django_caches
+
+    return django_caches["default"]
+
+
+def server_port(library: str) -> int:
+    return 6379 if library == "redis" else int(caches.MEMCACHED.rpartition(":")[2])
+
+
+def held_ports(library: str) -> set[int]:
+    """Local ports of this process's TCP sockets to the server."""
+    return caches.held_ports(server_port(library))
+
+
+def server_client_ports() -> set[int]:
+    """The client ports memcached lists as connected (``stats conns``)."""
+    host, _, port = caches.MEMCACHED.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"stats conns\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        own = sock.getsockname()[1]
+    ports = set()
+    for line in data.decode().splitlines():
+        fields = line.split()  # STAT 24:addr tcp:127.0.0.1:42888
+        if len(fields) == 3 and fields[1].endswith(":addr") and fields[2].startswith("tcp:"):
+            ports.add(int(fields[2].rpartition(":")[2]))
+    return ports - {own, int(port)}
+
+
+def set_and_get(rounds: int, tag: str = "") -> Observations:
+    """`rounds` times set(key, key) then get(key): every reply checked."""
+    wrong = errors = 0
+    first_error = None
+    for i in range(rounds):
+        key = f"{PREFIX}:{tag}{os.getpid()}:{i}"
+        try:
+            cache().set(key, key)
+            wrong += cache().get(key) != key
+        except Exception as exc:
+            errors += 1
+            first_error = first_error or f"{type(exc).__name__}: {exc}"
+    return {"wrong": wrong, "errors": errors, "first_error": first_error}
+
+
+class Parent:
+    """The parent's connection(s) as they were after its warm-up."""
+
+    def __init__(self, library: str, where: str) -> None:
+        self.library, self.where = library, where
+        key = f"{PREFIX}:warm-up"
+        cache().set(key, "warm")
+        assert cache().get(key) == "warm"
+        self.client_id = id(cache()._cache) if library != "redis" else None
+        self.ports = held_ports(library) if where == "tcp" else set()
+
+    def check(self) -> Observations:
+        """The parent's next operations: right, on the connection it had."""
+        observations: Observations = {"parent_error": None}
+        try:
+            key = f"{PREFIX}:parent-after"
+            cache().set(key, "after")
+            observations["parent_right"] = cache().get(key) == "after" and cache().get(f"{PREFIX}:warm-up") == "warm"
+        except Exception as exc:
+            observations["parent_error"] = f"{type(exc).__name__}: {exc}"
+        if self.client_id is not None:
+            observations["parent_same_client"] = id(cache()._cache) == self.client_id
+        if self.where == "tcp" and self.library != "redis":
+            ports = held_ports(self.library)
+            observations["parent_ports"] = sorted(self.ports)
+            observations["parent_same_ports"] = bool(self.ports) and ports == self.ports
+            observations["parent_ports_on_server"] = bool(self.ports) and self.ports <= server_client_ports()
+        return observations
+
+
+def concurrent(library: str, where: str, fork: Fork = os.fork) -> Observations:
+    """The parent and CHILDREN children, ROUNDS set/get each, at once."""
+    parent = Parent(library, where)
+
+    def work() -> Observations:
+        return {**set_and_get(ROUNDS), "ports": sorted(held_ports(library))}
+
+    go_read, go_write = os.pipe()
+    forked = [fork_child(work, fork, go=go_read) for _ in range(CHILDREN)]
+    os.write(go_write, b"g" * CHILDREN)  # One byte for each child: all start at once.
+    mine = set_and_get(ROUNDS)
+    children = [child_report(*child, timeout=120) for child in forked]
+    return {"parent": mine, "children": children, **parent.check()}
+
+
+def child_uses(library: str, where: str, fork: Fork = os.fork) -> Observations:
+    """A child sets and gets (the parent waits), then leaves by os._exit()."""
+    parent = Parent(library, where)
+
+    def work() -> Observations:
+        return {**set_and_get(20), "ports": sorted(held_ports(library)), "client_id": id(cache()._cache)}
+
+    child = run_child(work, fork)
+    return {"child": child, **parent.check()}
+
+
+def child_exits(library: str, where: str, how: str, fork: Fork = os.fork, uses: bool = True) -> Observations:
+    """A child (that used the cache, or not) ends by interpreter
+    finalisation (sys.exit) or by os._exit(): the parent must keep its
+    connection, untouched."""
+    parent = Parent(library, where)
+    pid = fork()
+    if pid == 0:
+        if uses:
+            set_and_get(20)
+        if how == "exit":
+            sys.exit(0)  # Finalisation frees what the child holds.
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return {"child_exit_status": os.waitstatus_to_exitcode(status), **parent.check()}
+
+
+def other_thread(library: str, where: str, fork: Fork = os.fork) -> Observations:
+    """Another thread's cache object (Django's caches are thread-local) holds
+    a client when the main thread forks. In the child, CPython frees that
+    thread's state, and the garbage collector the client."""
+    opened, forked = threading.Event(), threading.Event()
+    observations: Observations = {}
+
+    def hold() -> None:
+        parent = Parent(library, where)
+        opened.set()
+        forked.wait()
+        observations.update(parent.check())
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    opened.wait()
+
+    def work() -> Observations:
+        gc.collect()  # Frees what CPython's fork left of the other thread.
+        return set_and_get(20)
+
+    child = run_child(work, fork)
+    forked.set()
+    thread.join()
+    return {"child": child, **observations}
+
+
+SCENARIOS: dict[str, Callable[[str, str], Observations]] = {
+    "concurrent": concurrent,
+    "libc_fork_concurrent": lambda library, where: concurrent(library, where, libc_fork),
+    "child_uses": child_uses,
+    "libc_fork_child_uses": lambda library, where: child_uses(library, where, libc_fork),
+    "child_exits": lambda library, where: child_exits(library, where, "exit"),
+    "child_exits_unused": lambda library, where: child_exits(library, where, "exit", uses=False),
+    "child_os_exit": lambda library, where: child_exits(library, where, "_exit"),
+    "libc_fork_child_exits": lambda library, where: child_exits(library, where, "exit", libc_fork),
+    "libc_fork_child_exits_unused": lambda library, where: child_exits(library, where, "exit", libc_fork, False),
+    "other_thread": other_thread,
+}

@@ -1,0 +1,370 @@
+"""
+Django's cache connections across forks: the fork-safe memcached BACKENDs
+(django_forksafe.cache) against a real memcached, with the C extension and
+without it; each hazard with Django's own BACKEND as the control wherever it
+fails deterministically. Redis: Django's RedisCache, already safe (redis-py
+checks the pid at every checkout), under the same load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from django_forksafe import sockets
+from tests import IMPORT_PATH, caches
+from tests.test_servers import bin_path, free_port, require, running, stop
+
+LIBRARIES = pytest.mark.parametrize("library", caches.MEMCACHED_LIBRARIES)
+MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["C extension", "pure Python"])
+
+
+def run(
+    scenario: str, library: str, variant: str = "forksafe", where: str = "tcp", native: str = "1"
+) -> dict[str, Any]:
+    caches.require(library, where)
+    process = subprocess.run(
+        [sys.executable, "-m", "tests.caches", scenario, library, variant, where],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=IMPORT_PATH,
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH, "DJANGO_FORKSAFE_NATIVE": native},
+    )
+    assert process.returncode == 0, process.stderr
+    result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
+    assert result["native"] == (native == "1")
+    return result
+
+
+def assert_parent_kept_connection(result: dict[str, Any], where: str = "tcp") -> None:
+    """The parent's next operations were right, on the client and (TCP) the
+    connection it had before the fork, which the server still lists."""
+    assert result["parent_error"] is None, result
+    assert result["parent_right"]
+    assert result["parent_same_client"]
+    if where == "tcp":
+        assert result["parent_same_ports"], result
+        assert result["parent_ports_on_server"], result
+
+
+def assert_every_reply_right(result: dict[str, Any]) -> None:
+    processes = [result["parent"], *result["children"]]
+    assert [(p["wrong"], p["errors"], p.get("child_error")) for p in processes] == [(0, 0, None)] * len(processes)
+
+
+def tally(result: dict[str, Any]) -> tuple[int, int]:
+    """Wrong values and errors, over the parent and its children."""
+    processes = [result["parent"], *result["children"]]
+    return sum(p.get("wrong", 0) for p in processes), sum(p.get("errors", 0) for p in processes)
+
+
+# Parent and children at once -----------------------------------------------
+
+
+@LIBRARIES
+@MECHANISMS
+@pytest.mark.parametrize("scenario", ["concurrent", "libc_fork_concurrent"])
+def test_concurrent_parent_and_children_every_reply_right(scenario: str, library: str, native: str) -> None:
+    result = run(scenario, library, native=native)
+    assert_every_reply_right(result)
+    parent_ports = set(result["parent_ports"])
+    for child in result["children"]:
+        # A connection of its own; the inherited socket silenced.
+        assert len(child["ports"]) == 1 and not parent_ports & set(child["ports"]), result
+    assert_parent_kept_connection(result)
+
+
+@LIBRARIES
+def test_concurrent_over_unix_socket(library: str) -> None:
+    result = run("concurrent", library, where="unix")
+    assert_every_reply_right(result)
+    assert_parent_kept_connection(result, "unix")
+
+
+@LIBRARIES
+@pytest.mark.parametrize("scenario", ["concurrent", "libc_fork_concurrent"])
+def test_control_concurrent_wrong_values_or_errors(scenario: str, library: str) -> None:
+    result = run(scenario, library, "plain")
+    wrong, errors = tally(result)
+    print(f"{library} {scenario}, Django's BACKEND: {wrong} wrong values, {errors} errors")
+    assert wrong + errors > 0, result
+    if library == "pylibmc":  # Another process's values, not only misses.
+        assert wrong > 0
+
+
+# What a child does with the client it inherited ------------------------------
+
+
+@LIBRARIES
+@pytest.mark.parametrize("scenario", ["child_uses", "libc_fork_child_uses"])
+def test_child_has_a_connection_of_its_own(scenario: str, library: str) -> None:
+    result = run(scenario, library)
+    child = result["child"]
+    assert (child["wrong"], child["errors"]) == (0, 0)
+    assert child["ports"] and not set(child["ports"]) & set(result["parent_ports"])
+    assert_parent_kept_connection(result)
+
+
+@LIBRARIES
+@pytest.mark.parametrize("scenario", ["child_uses", "libc_fork_child_uses"])
+def test_control_child_uses_parent_connection(scenario: str, library: str) -> None:
+    result = run(scenario, library, "plain")
+    assert result["child"]["ports"] == result["parent_ports"]
+
+
+EXITS = ["child_exits", "child_exits_unused", "child_os_exit", "libc_fork_child_exits", "libc_fork_child_exits_unused"]
+
+
+@LIBRARIES
+@MECHANISMS
+@pytest.mark.parametrize("scenario", EXITS)
+def test_child_exit_keeps_parent_connection(scenario: str, library: str, native: str) -> None:
+    result = run(scenario, library, native=native)
+    assert result["child_exit_status"] == 0
+    assert_parent_kept_connection(result)
+
+
+@pytest.mark.parametrize("scenario", [s for s in EXITS if s != "child_os_exit"])
+def test_control_pylibmc_quit_at_child_exit_ends_parent_connection(scenario: str) -> None:
+    # libmemcached's deallocator says `quit` on the inherited connection;
+    # pymemcache's says nothing, and os._exit() frees nothing: no control.
+    result = run(scenario, "pylibmc", "plain")
+    assert result["parent_error"] is not None or not result["parent_same_ports"], result
+    assert not result["parent_ports_on_server"]
+
+
+@LIBRARIES
+@MECHANISMS
+def test_other_threads_client_survives_child(library: str, native: str) -> None:
+    result = run("other_thread", library, native=native)
+    assert (result["child"]["wrong"], result["child"]["errors"]) == (0, 0)
+    assert_parent_kept_connection(result)
+
+
+def test_control_other_threads_client_quits_in_child() -> None:
+    result = run("other_thread", "pylibmc", "plain")
+    assert not result["parent_ports_on_server"], result
+
+
+# Redis: Django's own backend is the anchor --------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["concurrent", "libc_fork_concurrent"])
+def test_django_redis_cache_already_safe(scenario: str) -> None:
+    require("redis")
+    result = run(scenario, "redis", "plain")
+    assert_every_reply_right(result)
+    assert result["parent_error"] is None and result["parent_right"]
+
+
+# Endpoints from LOCATION ----------------------------------------------------------
+
+
+def make_cache(library: str, location: Any) -> Any:
+    from django.core.cache.backends.base import BaseCache
+
+    from django_forksafe import cache
+
+    backend = {"pylibmc": cache.PyLibMCCache, "pymemcache": cache.PyMemcacheCache}[library]
+    made: BaseCache = backend(location, {})
+    return made
+
+
+@LIBRARIES
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("127.0.0.1:21311", {("127.0.0.1", 21311)}),
+        ("127.0.0.2", {("127.0.0.2", 11211)}),
+        (["127.0.0.1:21312", "127.0.0.1:21313"], {("127.0.0.1", 21312), ("127.0.0.1", 21313)}),
+        ("127.0.0.1:21314;127.0.0.1:21315", {("127.0.0.1", 21314), ("127.0.0.1", 21315)}),
+        ("[::1]:21316", {("::1", 21316)}),
+        ("localhost:21317", {("127.0.0.1", 21317), ("::1", 21317)}),
+        ("unix:/tmp/forksafe-test-a.sock", {("unix", "/tmp/forksafe-test-a.sock")}),
+        ("/tmp/forksafe-test-b.sock", {("unix", "/tmp/forksafe-test-b.sock")}),
+    ],
+)
+def test_endpoints_from_location_without_dns(library: str, location: Any, expected: set[Any]) -> None:
+    caches.require(library)
+    made = make_cache(library, location)
+    assert expected <= sockets._endpoints
+    assert made._forksafe_unrecorded == set()
+
+
+def test_host_name_pymemcache_peer_recorded_once_connected() -> None:
+    # "127.1" is no IP address literal for ipaddress, but getaddrinfo takes it.
+    caches.require("pymemcache")
+    port = int(caches.MEMCACHED.rpartition(":")[2])
+    sockets._endpoints.discard(("127.0.0.1", port))
+    made = make_cache("pymemcache", f"127.1:{port}")
+    assert made._forksafe_unrecorded == {("127.1", port)}
+    assert ("127.0.0.1", port) not in sockets._endpoints
+    key = f"forksafe-test-{uuid.uuid4().hex}"
+    made.set(key, "v")  # Connects.
+    assert made.get(key) == "v"  # The next use records the peer.
+    assert ("127.0.0.1", port) in sockets._endpoints
+    assert made._forksafe_unrecorded == set()
+    made.close()
+
+
+def test_host_name_pylibmc_resolved_once() -> None:
+    caches.require("pylibmc")
+    sockets._endpoints.discard(("127.0.0.1", 21318))
+    made = make_cache("pylibmc", "127.1:21318")
+    assert ("127.0.0.1", 21318) in sockets._endpoints
+    assert made._forksafe_unrecorded == set()
+
+
+# Django's behaviour kept ---------------------------------------------------------
+
+
+@LIBRARIES
+def test_backend_is_djangos_in_the_parent(library: str) -> None:
+    caches.require(library)
+    made = make_cache(library, caches.MEMCACHED)
+    client = made._cache
+    assert made._cache is client
+    key = f"forksafe-test-{uuid.uuid4().hex}"
+    made.set(key, 1)
+    assert made.incr(key) == 2
+    assert made.get_many([key]) == {key: 2}
+    made.close()  # Django's close() at request end: the same client after it.
+    assert made._cache is client and made.get(key) == 2
+    del made._cache  # As with Django's cached_property: a new client.
+    assert made._cache is not client
+    made.delete(key)
+
+
+def test_forksafe_cache_refuses_other_classes() -> None:
+    from django.core.cache.backends.locmem import LocMemCache
+
+    from django_forksafe.cache import PyLibMCCache, forksafe_cache
+
+    with pytest.raises(TypeError):
+        forksafe_cache(LocMemCache)  # type: ignore[type-var]
+    assert forksafe_cache(PyLibMCCache) is PyLibMCCache
+
+
+# Real programs ----------------------------------------------------------------------
+
+
+def program_env(library: str, variant: str, program: str) -> dict[str, str]:
+    # tests.caches.project configures Django itself. Without
+    # DJANGO_SETTINGS_MODULE, Celery's Django fixup stays out: with it, Celery
+    # closes the caches after every task, which gives pymemcache's client a
+    # connection of its own each time (disconnect_all) but not pylibmc's
+    # (Django's close() does nothing there).
+    environ = {name: value for name, value in os.environ.items() if name != "DJANGO_SETTINGS_MODULE"}
+    return {
+        **environ,
+        "PATH": bin_path(),
+        "PYTHONPATH": IMPORT_PATH,
+        "FORKSAFE_CACHE_LIBRARY": library,
+        "FORKSAFE_CACHE_VARIANT": variant,
+        "FORKSAFE_CACHE_PROGRAM": program,
+        "FORKSAFE_CACHE_PREFIX": f"forksafe-test-{uuid.uuid4().hex[:12]}",
+    }
+
+
+def browse(port: int, clients: int = 8, visits: int = 25) -> list[dict[str, Any]]:
+    """Each client, with a cookie jar of its own, visits `visits` times."""
+
+    def visit_all(_: int) -> list[dict[str, Any]]:
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        outcomes = []
+        for expected in range(1, visits + 1):
+            try:
+                with opener.open(f"http://127.0.0.1:{port}/check/?n=20", timeout=20) as response:
+                    outcomes.append({"expected_visits": expected, **json.loads(response.read())})
+            except Exception as exc:
+                outcomes.append({"expected_visits": expected, "error": f"{type(exc).__name__}: {exc}"})
+        return outcomes
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [outcome for outcomes in pool.map(visit_all, range(clients)) for outcome in outcomes]
+
+
+def bad(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        o for o in outcomes
+        if "error" in o or o["wrong"] or o["errors"] or o.get("visits", o["expected_visits"]) != o["expected_visits"]
+    ]
+
+
+def gunicorn_command(port: int) -> list[str]:
+    return ["gunicorn", "tests.caches.project:application", "--preload", "--workers", "4",
+            "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
+
+
+@LIBRARIES
+def test_gunicorn_preload_warmed_cache(library: str, tmp_path: Path) -> None:
+    caches.require(library)
+    require("gunicorn")
+    port = free_port()
+    with running(gunicorn_command(port), program_env(library, "forksafe", "gunicorn"), port, tmp_path / "g.log"):
+        outcomes = browse(port)
+    assert bad(outcomes) == []
+    assert len({o["pid"] for o in outcomes}) > 1  # Several workers served.
+
+
+@LIBRARIES
+def test_control_gunicorn_preload_warmed_cache(library: str, tmp_path: Path) -> None:
+    caches.require(library)
+    require("gunicorn")
+    port = free_port()
+    with running(gunicorn_command(port), program_env(library, "plain", "gunicorn"), port, tmp_path / "g.log"):
+        outcomes = browse(port)
+    print(f"{library} gunicorn, Django's BACKEND: {len(bad(outcomes))} of {len(outcomes)} responses wrong")
+    assert bad(outcomes)
+
+
+def celery_outcomes(library: str, variant: str, tmp_path: Path) -> list[dict[str, Any]]:
+    caches.require(library)
+    require("redis", "celery")
+    from celery import Celery
+
+    from tests.caches.project import BROKER
+
+    queue = f"forksafe-caches-{uuid.uuid4().hex[:8]}"
+    command = ["celery", "-A", "tests.caches.project", "worker", "--pool", "prefork", "--concurrency", "4",
+               "--queues", queue, "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+    client = Celery(broker=BROKER, backend=BROKER)
+    try:
+        with running(command, program_env(library, variant, "celery"), None, tmp_path / "celery.log") as worker:
+            results = [client.send_task("forksafe_caches.rounds", args=[200], queue=queue) for _ in range(16)]
+            outcomes = []
+            for result in results:
+                try:
+                    outcomes.append(result.get(timeout=60))
+                except Exception as exc:
+                    outcomes.append({"error": f"{type(exc).__name__}: {exc}", "wrong": 0, "errors": 1})
+            stop(worker)
+    finally:
+        client.close()
+    return outcomes
+
+
+@LIBRARIES
+def test_celery_prefork_worker_warmed_cache(library: str, tmp_path: Path) -> None:
+    outcomes = celery_outcomes(library, "forksafe", tmp_path)
+    assert [(o["wrong"], o["errors"]) for o in outcomes] == [(0, 0)] * len(outcomes)
+    assert len({o["pid"] for o in outcomes}) > 1  # Tasks ran in several children.
+
+
+@LIBRARIES
+def test_control_celery_prefork_worker_warmed_cache(library: str, tmp_path: Path) -> None:
+    outcomes = celery_outcomes(library, "plain", tmp_path)
+    wrong, errors = sum(o["wrong"] for o in outcomes), sum(o["errors"] for o in outcomes)
+    print(f"{library} Celery, Django's BACKEND: {wrong} wrong values, {errors} errors")
+    assert wrong + errors > 0
