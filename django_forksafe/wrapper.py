@@ -173,7 +173,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.health_check_done = False
 
 
-def _checked_ensure_connection(cls: type, next_class: type) -> Callable[[Any], None]:
+def _checked_ensure_connection(cls: type[Any], next_class: type) -> Callable[[Any], None]:
     """ensure_connection(), checking the process mark first: one memory load
     and one branch in a process that did not fork. Every cursor comes
     through here (Django's cursor() and chunked_cursor() call _cursor(),

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import django
+import pytest
 
 import django_forksafe
 
@@ -35,3 +37,15 @@ def pytest_report_header() -> list[str]:
         f"django-forksafe from {django_forksafe.__file__}",
         f"random load seed: FORKSAFE_SEED={SEED}",
     ]
+
+
+@pytest.fixture
+def tcpdump() -> None:
+    """tcpdump, run as root, for the byte-level tests (tests/wire.py)."""
+    if shutil.which("tcpdump") is None or os.geteuid() != 0:
+        from tests import dbconfig
+
+        message = "needs tcpdump (make test installs it) and root to capture"
+        if dbconfig.in_ci():
+            pytest.fail(message)
+        pytest.skip(message)

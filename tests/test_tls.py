@@ -14,6 +14,7 @@ import pytest
 
 from tests import dbconfig, tls
 from tests.test_hazards import assert_kept_session, run
+from tests.wire import children_on_the_wire
 
 STARTERS = {"postgresql": tls.postgresql, "mysql": tls.mariadb}
 # What the parent sees once its TLS session is broken (libpq and MariaDB's client words).
@@ -68,3 +69,18 @@ def test_control_tls_session_broken_by_child(vendor: str, scenario: str) -> None
     assert result["parent_error"] is not None
     assert any(words in result["parent_error"] for words in TLS_LOST), result["parent_error"]
     assert not result["parent_session_on_server"]
+
+
+@pytest.mark.usefixtures("tcpdump")
+def test_not_a_byte_on_the_parents_tls_connections(vendor: str) -> None:
+    """Not even a close_notify: tests/test_wire.py's proof, over TLS."""
+    seen = children_on_the_wire(vendor, "forksafe")
+    assert seen["packets"] == []
+    assert seen["after"] == seen["before"]
+
+
+@pytest.mark.usefixtures("tcpdump")
+def test_control_children_talk_on_the_parents_tls_connections(vendor: str) -> None:
+    seen = children_on_the_wire(vendor, "plain")
+    assert seen["packets"]
+    assert seen["after"] != seen["before"]
