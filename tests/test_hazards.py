@@ -378,6 +378,37 @@ def test_control_raw_connection_outside_django(vendor: str) -> None:
     assert not result["raw_session_on_server"]
 
 
+def server_sockets(descriptors: dict[str, str], vendor: str) -> dict[str, str]:
+    port = dbconfig.server(vendor)["PORT"]
+    return {fd: kind for fd, kind in descriptors.items() if kind.startswith("socket") and f", {port})" in kind}
+
+
+PROGRAMS = ("vfork", "fork", "fork_close_fds_false")
+
+
+@SERVERS
+def test_subprocess_run_unchanged(vendor: str) -> None:
+    """A program run by subprocess sees what it sees under the plain ENGINE,
+    less any session of the parent's; the parent keeps its sessions."""
+    ours, plain = run("subprocess_run", vendor), run("subprocess_run", vendor, "plain")
+    assert ours["parent_same_session"] and ours["raw_same_session"]
+    for program in PROGRAMS:
+        descriptors = ours[f"{program}_descriptors"]
+        assert server_sockets(descriptors, vendor) == {}
+        assert set(descriptors) <= set(plain[f"{program}_descriptors"])  # No dead end leaked.
+        others = {fd: kind for fd, kind in descriptors.items() if not kind.startswith("socket")}
+        assert others == {
+            fd: kind for fd, kind in plain[f"{program}_descriptors"].items() if not kind.startswith("socket")
+        }
+
+
+def test_control_subprocess_run_program_holds_parents_sessions() -> None:
+    """MariaDB's client leaves its sockets inheritable: with close_fds=False,
+    the program gets the parent's live sessions."""
+    result = run("subprocess_run", "mysql", "plain")
+    assert len(server_sockets(result["fork_close_fds_false_descriptors"], "mysql")) == 2
+
+
 @SERVERS
 @pytest.mark.parametrize("scenario", ["registry_lock_held_at_fork", "signal_lock_held_at_fork"])
 def test_lock_held_by_another_thread_at_fork_cannot_deadlock_child(scenario: str, vendor: str) -> None:

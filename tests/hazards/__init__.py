@@ -38,6 +38,7 @@ SCENARIOS: dict[str, Scenario] = {
     # Sockets Django never saw.
     "raw_connection_outside_django": sockets.raw_connection_outside_django,
     "parent_dies_child_lives": sockets.parent_dies_child_lives,
+    "subprocess_run": sockets.subprocess_run,
     # Forks behind Python's back.
     "libc_fork_child_exits": lambda vendor, engine: basic.child_exits(vendor, engine, libc_fork),
     "libc_fork_concurrent": lambda vendor, engine: basic.concurrent(vendor, engine, libc_fork),

@@ -66,3 +66,54 @@ def parent_dies_child_lives(vendor: str, engine: str) -> Result:
     finally:
         os.write(release_write, b"x")
     return {**report, "session_ended_with_parent": ended}
+
+
+# The program lists its descriptors: number, kind, and whether it is a socket
+# still connected (a dead end's peer is gone).
+LIST_DESCRIPTORS = """
+import json, os, socket
+seen = {}
+for name in sorted(os.listdir("/proc/self/fd"), key=int):
+    target = os.readlink(f"/proc/self/fd/{name}") if os.path.exists(f"/proc/self/fd/{name}") else ""
+    kind = target.split(":")[0]
+    if kind == "socket":
+        try:
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                kind += " " + str(sock.getpeername())
+        except OSError as exc:
+            kind += f" ({exc.strerror})"
+    seen[name] = kind
+print(json.dumps(seen))
+"""
+
+
+def subprocess_run(vendor: str, engine: str) -> Result:
+    """subprocess.run() from a process with sessions open, both ways CPython
+    makes the child: vfork (no at-fork handler runs) and fork (preexec_fn:
+    the C handler, then Python's, run before exec). The programs see the same
+    descriptors as under the plain ENGINE (close_fds=False too: every socket
+    keeps its close-on-exec flag), and the parent keeps its sessions."""
+    import subprocess
+    import sys
+
+    setup(vendor, engine)
+    from django.db import connection
+
+    session = session_id()
+    raw = Monitor(vendor)
+    raw_session = raw.query(SESSION_SQL[vendor])[0][0]
+    result: Result = {}
+    for name, options in {
+        "vfork": {},
+        "fork": {"preexec_fn": lambda: None},
+        "fork_close_fds_false": {"preexec_fn": lambda: None, "close_fds": False},
+    }.items():
+        program = subprocess.run(
+            [sys.executable, "-c", LIST_DESCRIPTORS], capture_output=True, text=True, check=True, **options
+        )
+        result[f"{name}_descriptors"] = json.loads(program.stdout)
+    result["parent_same_session"] = session_id() == session
+    result["raw_same_session"] = raw.query(SESSION_SQL[vendor])[0][0] == raw_session
+    connection.close()
+    raw.conn.close()
+    return result
