@@ -95,8 +95,10 @@ def test_no_system_call_of_ours(vendor: str, work: str) -> None:
         pytest.skip(reason)
     if work == "checkouts":
         pytest.importorskip("psycopg_pool")
-    plain = per_unit(vendor, "plain", work)
-    assert per_unit(vendor, "forksafe", work) == plain
+    ours, plain = per_unit(vendor, "forksafe", work), per_unit(vendor, "plain", work)
+    # One call of ours per query would be MANY - FEW; the interpreter's own
+    # occasional calls (a lazy import, a cache file) are a few, on either side.
+    assert {name: count for name, count in (ours - plain).items() if count >= (MANY - FEW) // 2} == {}
 
 
 if __name__ == "__main__":

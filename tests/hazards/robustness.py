@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_forksafe.hazards import SESSION_SQL, libc_fork, run_child, session_id
+from django_forksafe.hazards import SESSION_SQL, child_report, fork_child, libc_fork, run_child, session_id
 from tests import dbconfig
 from tests.backends import backend_of
 from tests.hazards import early
@@ -157,7 +157,9 @@ def pool_close_returns(vendor: str, engine: str) -> Result:
     holder.start()
     held.wait()
     try:
-        result = run_child(_close_then_query)
+        # The plain ENGINE's child waits forever on a lock no thread will
+        # release: 10 s tells that from the few milliseconds it otherwise takes.
+        result = child_report(*fork_child(_close_then_query), timeout=10)
     finally:
         release.set()
         holder.join()
