@@ -286,7 +286,22 @@ def _invalidate_at_exit() -> None:
 def _invalidate_after_fork() -> None:
     # Once per process: an at-fork hook registered before ours that used the
     # database has invalidated already, and opened the child's own session.
+    if sockets.silenced_inside_fork() and not _wanted_at_fork():
+        # fork() itself left every inherited socket dead, and Django's state
+        # is checked wherever it is read: the rest waits for the child's first
+        # use, so that a child that never uses the database (a fork and exec,
+        # a fork and exit) pays nothing for it.
+        return
     invalidate_if_forked()
+
+
+def _wanted_at_fork() -> bool:
+    """Whether a child must invalidate now rather than at first use: post_fork
+    has receivers (it is documented as sent at the fork), or a SQLite handle is
+    open (no socket to kill: its finaliser could delete the parent's journal)."""
+    # Not has_listeners(): it takes the signal's lock, which another thread of
+    # the parent may have held at the fork (a dead receiver counts: no harm).
+    return bool(post_fork.receivers) or any(entry.database is not None for entry in _open_connections.values())
 
 
 os.register_at_fork(after_in_child=_invalidate_after_fork)
