@@ -10,6 +10,11 @@ from django.db import connections
 
 
 def check_engines(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Every database ENGINE, and every memcached cache BACKEND, that is not fork-safe."""
+    return check_database_engines() + check_cache_backends()
+
+
+def check_database_engines() -> list[Warning]:
     from django_forksafe.backends import suggest_engine
     from django_forksafe.wrapper import ForkSafeMixin
 
@@ -27,6 +32,37 @@ def check_engines(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
                     hint=f"Use ENGINE = {suggest_engine(engine)!r}.",
                     obj=alias,
                     id="django_forksafe.W001",
+                )
+            )
+    return warnings
+
+
+def check_cache_backends() -> list[Warning]:
+    """A memcached BACKEND (pylibmc, pymemcache) whose client a child would share."""
+    from django.core.cache.backends.memcached import BaseMemcachedCache
+    from django.utils.module_loading import import_string
+
+    from django_forksafe.cache import ForkSafeMemcachedMixin, suggest_backend
+
+    warnings = []
+    for alias, entry in getattr(settings, "CACHES", {}).items():
+        backend = str(entry.get("BACKEND", ""))
+        try:
+            backend_class = import_string(backend)
+        except ImportError:  # Django reports a BACKEND it cannot load.
+            continue
+        if (
+            isinstance(backend_class, type)
+            and issubclass(backend_class, BaseMemcachedCache)
+            and not issubclass(backend_class, ForkSafeMemcachedMixin)
+        ):
+            warnings.append(
+                Warning(
+                    f"Cache {alias!r} uses BACKEND {backend!r}, which is not fork-safe: forked "
+                    "processes share its connections and read each other's values.",
+                    hint=f"Use BACKEND = {suggest_backend(backend)!r}.",
+                    obj=alias,
+                    id="django_forksafe.W004",
                 )
             )
     return warnings

@@ -256,6 +256,47 @@ def test_forksafe_cache_refuses_other_classes() -> None:
     assert forksafe_cache(PyLibMCCache) is PyLibMCCache
 
 
+# forksafe_check and the system checks ---------------------------------------------
+
+
+def manage(library: str, variant: str, *args: str) -> subprocess.CompletedProcess[str]:
+    caches.require(library)
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        capture_output=True, text=True, timeout=300, cwd=IMPORT_PATH,
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH, "DJANGO_SETTINGS_MODULE": "tests.caches.settings",
+             "FORKSAFE_CACHE_LIBRARY": library, "FORKSAFE_CACHE_VARIANT": variant},
+    )
+
+
+@LIBRARIES
+def test_forksafe_check_covers_caches(library: str) -> None:
+    process = manage(library, "forksafe", "forksafe_check", "--cache", "default", "--format", "json")
+    assert process.returncode == 0, process.stdout + process.stderr
+    (result,) = json.loads(process.stdout)
+    assert result["kind"] == "cache" and result["forksafe"] and result["reachable"]
+    assert [hazard["safe"] for hazard in result["hazards"]] == [True, True], result
+
+
+@LIBRARIES
+def test_control_forksafe_check_reports_plain_backend_open(library: str) -> None:
+    process = manage(library, "plain", "forksafe_check", "--cache", "default")
+    assert process.returncode == 3, process.stdout + process.stderr
+    assert "concurrent use             OPEN" in process.stdout
+    assert f"use BACKEND = 'django_forksafe.cache.{caches.BACKENDS[library]['plain'].rpartition('.')[2]}'" in (
+        process.stdout
+    )
+
+
+@LIBRARIES
+def test_system_check_warns_of_plain_memcached_backend(library: str) -> None:
+    plain, forksafe = manage(library, "plain", "check"), manage(library, "forksafe", "check")
+    replacement = caches.BACKENDS[library]["forksafe"]
+    assert f"(django_forksafe.W004) Cache 'default' uses BACKEND '{caches.BACKENDS[library]['plain']}'" in plain.stderr
+    assert f"HINT: Use BACKEND = '{replacement}'." in plain.stderr
+    assert "W004" not in forksafe.stderr + forksafe.stdout and forksafe.returncode == 0
+
+
 # Real programs ----------------------------------------------------------------------
 
 
