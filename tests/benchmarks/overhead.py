@@ -8,7 +8,8 @@ left out): the forksafe ENGINE as shipped (MADV_WIPEONFORK), its getpid()
 fallback, and Django's plain ENGINE against itself (the noise floor). Then
 the system calls per query of each, counted with ``strace -c``; then the time
 a child spends invalidating its inherited connections, with 1 and with 10
-aliases; then gunicorn --preload's throughput on the forksafe ENGINE against
+aliases; then a cache get through the memcached BACKENDs (see
+tests/benchmarks/cache_overhead.py); then gunicorn --preload's throughput on the forksafe ENGINE against
 the plain ENGINE without preload (tests/benchmarks/gunicorn_throughput.py).
 
     python -m tests.benchmarks.overhead [--rounds 15]
@@ -265,6 +266,10 @@ def main() -> None:
                 for warm in (False, True)
             )
             print(f"{vendor:<12} {aliases:>7} {fresh:>12.1f} {warm:>11.1f}")
+    from tests.benchmarks import cache_overhead
+
+    print()
+    cache_overhead.report()
     if args.gunicorn_rounds and "postgresql" in available and shutil.which("gunicorn"):
         from tests.benchmarks import gunicorn_throughput
 
