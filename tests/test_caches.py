@@ -359,14 +359,17 @@ def test_gunicorn_preload_warmed_cache(library: str, tmp_path: Path) -> None:
     assert len({o["pid"] for o in outcomes}) > 1  # Several workers served.
 
 
-@LIBRARIES
-def test_control_gunicorn_preload_warmed_cache(library: str, tmp_path: Path) -> None:
-    caches.require(library)
+def test_control_gunicorn_preload_warmed_cache(tmp_path: Path) -> None:
+    # pylibmc only: Django's close() at the end of each request disconnects
+    # pymemcache's client, so a worker shares the master's connection for its
+    # first request only (a race, not a deterministic failure); for pylibmc,
+    # close() does nothing.
+    caches.require("pylibmc")
     require("gunicorn")
     port = free_port()
-    with running(gunicorn_command(port), program_env(library, "plain", "gunicorn"), port, tmp_path / "g.log"):
+    with running(gunicorn_command(port), program_env("pylibmc", "plain", "gunicorn"), port, tmp_path / "g.log"):
         outcomes = browse(port)
-    print(f"{library} gunicorn, Django's BACKEND: {len(bad(outcomes))} of {len(outcomes)} responses wrong")
+    print(f"pylibmc gunicorn, Django's BACKEND: {len(bad(outcomes))} of {len(outcomes)} responses wrong")
     assert bad(outcomes)
 
 

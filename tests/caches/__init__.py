@@ -7,8 +7,10 @@ FORKSAFE_MEMCACHED / FORKSAFE_MEMCACHED_SOCKET to move them) and Redis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import stat
 from typing import Any
 
 import pytest
@@ -82,11 +84,19 @@ def held_ports(server_port: int) -> set[int]:
     ports = set()
     for name in os.listdir("/proc/self/fd"):
         try:
-            with socket.socket(fileno=os.dup(int(name))) as sock:
-                if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getpeername()[1] == server_port:
-                    ports.add(int(sock.getsockname()[1]))
-        except OSError:  # Not a socket, not connected, or closed meanwhile.
+            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                continue
+            duplicate = os.dup(int(name))
+        except OSError:  # Closed meanwhile.
             continue
+        try:
+            sock = socket.socket(fileno=duplicate)
+        except OSError:  # Not a socket any more.
+            os.close(duplicate)
+            continue
+        with sock, contextlib.suppress(OSError):  # OSError: not connected.
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getpeername()[1] == server_port:
+                ports.add(int(sock.getsockname()[1]))
     return ports
 
 
