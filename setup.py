@@ -1,5 +1,6 @@
 """Only for the optional C extension (django_forksafe/_native.c); the metadata is in setup.cfg."""
 
+import os
 import platform
 import sys
 
@@ -13,6 +14,8 @@ native = Extension(
     extra_compile_args=["-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
     optional=True,
 )
-setup(
-    ext_modules=[native] if sys.platform.startswith("linux") and platform.python_implementation() == "CPython" else []
-)
+# DJANGO_FORKSAFE_BUILD_NATIVE=0 builds the pure-Python wheel (py3-none-any),
+# which pip takes wherever no platform wheel fits (macOS, PyPy, musl...).
+wanted = os.environ.get("DJANGO_FORKSAFE_BUILD_NATIVE", "1") != "0"
+linux_cpython = sys.platform.startswith("linux") and platform.python_implementation() == "CPython"
+setup(ext_modules=[native] if wanted and linux_cpython else [])

@@ -34,6 +34,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -73,6 +74,10 @@ static ino_t dead_ino;
 
 /* What the handler did in this process (0 in a process that did not fork). */
 static long silenced_count;
+/* The dead end this process's handler put over sockets (what silenced() checks). */
+static dev_t used_dev;
+static ino_t used_ino;
+static int used_valid;
 static int scan_failed;
 
 /* The process mark: 1 in the process that armed it, 0 in any child. */
@@ -204,6 +209,11 @@ silence_if_database(int fd, int *dead, int *made_here)
             scan_failed = 1;
             return;
         }
+        if (fstat(*dead, &st) == 0) {
+            used_dev = st.st_dev;
+            used_ino = st.st_ino;
+            used_valid = 1;
+        }
     }
     int flags = fcntl(fd, F_GETFD);
     if (dup3(*dead, fd, (flags >= 0 && (flags & FD_CLOEXEC)) ? O_CLOEXEC : 0) == fd) {
@@ -222,6 +232,7 @@ silence_in_child(void)
 
     silenced_count = 0;
     scan_failed = 0;
+    used_valid = 0;
     if (__atomic_load_n(&endpoint_count, __ATOMIC_ACQUIRE) == 0) {
         goto done;
     }
@@ -317,6 +328,18 @@ last_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
     return Py_BuildValue("(lO)", silenced_count, scan_failed ? Py_False : Py_True);
 }
 
+static PyObject *
+silenced(PyObject *Py_UNUSED(module), PyObject *argument)
+{
+    struct stat st;
+    long fd = PyLong_AsLong(argument);
+
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyBool_FromLong(used_valid && fd >= 0 && fd <= INT_MAX && fstat((int)fd, &st) == 0 && st.st_dev == used_dev && st.st_ino == used_ino);
+}
+
 /* The process mark, as a sequence of one byte: PROCESS_MARK[0]. */
 
 typedef struct {
@@ -374,6 +397,9 @@ static PyMethodDef methods[] = {
      "last_fork() -> (silenced, complete)\n\n"
      "What the fork handler did in this process: how many sockets it silenced,\n"
      "and whether it could look at every descriptor."},
+    {"silenced", silenced, METH_O,
+     "silenced(fd) -> bool\n\n"
+     "Whether the descriptor is a dead end the fork handler put there in this process."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -258,6 +258,12 @@ def _silence(raw: Any, devnull: int, database: str | None = None) -> None:
         if sqlite.is_sqlite(raw):
             sqlite.retire_inherited(raw, database)
         return
+    if sockets.silenced_by_fork(fd):
+        # fork() itself left it talking to a dead end: nothing to redirect,
+        # and nothing to gain from the driver's close() (a goodbye to nowhere,
+        # a free of the handle) but time in every child.
+        keep_forever(raw)
+        return
     # psycopg_pool's close_returns=True: close() would give the connection
     # back to the inherited pool (whose lock another thread may have held).
     if getattr(raw, "_pool", None) is not None:

@@ -57,14 +57,16 @@ _PID_MARK = PidMark()
 
 def with_getpid_checkout(wrapper_class: type[Any]) -> type[Any]:
     """The forksafe wrapper as it runs where the kernel refuses
-    MADV_WIPEONFORK: the same checkout, reading the getpid() mark."""
+    MADV_WIPEONFORK: the same check in ensure_connection(), reading the
+    getpid() mark."""
 
     class GetpidCheckout(wrapper_class):  # type: ignore[misc]
         @async_unsafe
-        def cursor(self) -> Any:
+        def ensure_connection(self) -> None:
             if not _PID_MARK[0]:
                 registry.invalidate_if_forked()
-            return self._cursor()
+            if self.connection is None:
+                BaseDatabaseWrapper.ensure_connection(self)
 
     return GetpidCheckout
 
@@ -270,6 +272,11 @@ def main() -> None:
 
     print()
     cache_overhead.report()
+    if "postgresql" in available:
+        from tests.benchmarks import forks
+
+        print()
+        forks.report(max(3, args.rounds // 2))
     if args.gunicorn_rounds and "postgresql" in available and shutil.which("gunicorn"):
         from tests.benchmarks import gunicorn_throughput
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from django_forksafe.hazards import SESSION_SQL, run_child, session_id
 from tests.hazards.common import DRIVER_CLASSES, Monitor, Result, setup
@@ -103,11 +104,12 @@ def subprocess_run(vendor: str, engine: str) -> Result:
     raw = Monitor(vendor)
     raw_session = raw.query(SESSION_SQL[vendor])[0][0]
     result: Result = {}
-    for name, options in {
+    programs: dict[str, dict[str, Any]] = {
         "vfork": {},
         "fork": {"preexec_fn": lambda: None},
         "fork_close_fds_false": {"preexec_fn": lambda: None, "close_fds": False},
-    }.items():
+    }
+    for name, options in programs.items():
         program = subprocess.run(
             [sys.executable, "-c", LIST_DESCRIPTORS], capture_output=True, text=True, check=True, **options
         )
