@@ -39,6 +39,17 @@ FORKS: dict[str, Callable[[], int]] = {"os.fork": os.fork, "libc": libc_fork}
 POOL_SIZE = 2
 
 
+def django_pool(vendor: str) -> bool:
+    """Whether Django's pool is there to test: PostgreSQL through psycopg 3."""
+    if vendor != "postgresql":
+        return False
+    try:
+        import psycopg_pool  # noqa: F401
+    except ImportError:  # psycopg2 (tox's psycopg2 environment).
+        return False
+    return True
+
+
 def client_ports(vendor: str) -> list[int]:
     """The local ports of this process's sockets to the vendor's server."""
     server = dbconfig.server(vendor)
@@ -78,7 +89,7 @@ def child_work(held: Any, raw: Monitor, vendor: str, python_fork: bool) -> None:
     attempt(lambda: held.execute("SELECT 1"))
     attempt(raw.conn.close)
     attempt(lambda: select_one("default"))  # Its own session (with our ENGINE).
-    if vendor == "postgresql":
+    if django_pool(vendor):
         attempt(lambda: select_one("pooled"))
         attempt(connections["pooled"].close)
         if python_fork:  # A libc child's inherited pool threads were never told they are gone.
@@ -126,7 +137,7 @@ def sessions_of(held: Any, raw: Monitor, vendor: str) -> dict[str, Any]:
     for name, session in (
         ("held_cursor", held_cursors_session),
         ("raw", lambda: raw.query(SESSION_SQL[vendor])[0][0]),
-        ("pooled", lambda: pooled_sessions(vendor) if vendor == "postgresql" else None),
+        ("pooled", lambda: pooled_sessions(vendor) if django_pool(vendor) else None),
     ):
         try:
             sessions[name] = session()
@@ -137,14 +148,14 @@ def sessions_of(held: Any, raw: Monitor, vendor: str) -> dict[str, Any]:
 
 def main(vendor: str, engine: str, forks: list[str]) -> None:
     databases = {"default": dbconfig.database(vendor, engine)}
-    if vendor == "postgresql":
+    if django_pool(vendor):
         options = {"pool": {"min_size": POOL_SIZE, "max_size": POOL_SIZE, "timeout": 10}}
         databases["pooled"] = dbconfig.database(vendor, engine, OPTIONS=options)
     settings.configure(DATABASES=databases, USE_TZ=True)
     django.setup()
     from django.db import connections
 
-    if vendor == "postgresql":  # Opened through Django, then every pooled session idle.
+    if django_pool(vendor):  # Opened through Django, then every pooled session idle.
         select_one("pooled")
         connections["pooled"].close()
         connections["pooled"].pool.wait()  # type: ignore[attr-defined]
