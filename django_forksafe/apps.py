@@ -14,7 +14,6 @@ class DjangoForksafeConfig(AppConfig):
 
         # Not Tags.database: they read settings only, and should run by default.
         checks.register(forksafe_checks.check_engines)
-        checks.register(forksafe_checks.check_settings)
         checks.register(forksafe_checks.check_uwsgi)
         checks.register(forksafe_checks.check_mechanism)
         # uWSGI loads the app without running system checks: say it here.

@@ -68,19 +68,6 @@ def check_cache_backends() -> list[Warning]:
     return warnings
 
 
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
-    if not hasattr(settings, "FORKSAFE_STRICT"):
-        return []
-    return [
-        Warning(
-            "FORKSAFE_STRICT has no effect: every connection checkout notices a fork, "
-            "whatever its kind, without a system call.",
-            hint="Remove FORKSAFE_STRICT from your settings.",
-            id="django_forksafe.W003",
-        )
-    ]
-
-
 def check_uwsgi(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     from django_forksafe.contrib.uwsgi_detection import HINT, hook_missing
 

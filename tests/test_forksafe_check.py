@@ -9,9 +9,8 @@ import sys
 from typing import Any
 
 import pytest
-from django.test import override_settings
 
-from django_forksafe.checks import check_mechanism, check_settings
+from django_forksafe.checks import check_mechanism
 from tests import IMPORT_PATH, dbconfig
 from tests.test_servers import PROJECT, free_port, prepare, project_env, require
 
@@ -107,15 +106,6 @@ def test_system_check_warns_about_plain_engine() -> None:
     forksafe = manage("sqlite3", "forksafe", "check")
     assert forksafe.returncode == 0
     assert "django_forksafe" not in forksafe.stderr + forksafe.stdout
-
-
-@pytest.mark.parametrize("value", [True, False, "yes"])
-def test_system_check_flags_obsolete_strict_setting(value: object) -> None:
-    with override_settings(FORKSAFE_STRICT=value):
-        (warning,) = check_settings()
-    assert warning.id == "django_forksafe.W003"
-    assert "FORKSAFE_STRICT has no effect" in warning.msg
-    assert check_settings() == []
 
 
 def test_info_check_says_when_the_c_extension_is_not_in_use() -> None:
