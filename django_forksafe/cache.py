@@ -37,7 +37,6 @@ from django.utils.functional import cached_property
 
 from django_forksafe import registry, sockets
 from django_forksafe.detection import PROCESS_MARK
-from django_forksafe.pools import keep_forever
 
 CacheClass = TypeVar("CacheClass", bound=type[memcached.BaseMemcachedCache])
 
@@ -236,7 +235,7 @@ def forget_inherited_clients(pid: int) -> None:
         entry = _open_clients.pop(key, None)
         if entry is None:
             continue  # Taken meanwhile (by a signal handler).
-        keep_forever(entry.client)  # Before the cache object lets go of it.
+        registry.keep_forever(entry.client)  # Before the cache object lets go of it.
         cache = entry.cache_ref()
         if cache is not None:
             cache._forksafe_forget_client(entry.client)

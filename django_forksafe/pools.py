@@ -1,29 +1,72 @@
 """
-Third-party connection pools in a child: dropped, so that the child makes a
-fresh pool of its own on first use, without a word to the server. Their
-sockets are silenced by then (see sockets), and the dropped pools are kept
-alive for good, so that no deallocator of theirs runs in the child either.
+Connection pools in a child: dropped, so that the child makes a fresh pool
+of its own on first use, without a word to the server. Their sockets are
+silenced by then (see sockets), and the dropped pools are kept alive for
+good, so that no deallocator of theirs runs in the child either.
 
-One adapter per pool library, registered by forksafe() when it wraps a
-backend built on that library. (Django's own pool is the registry's.)
+Django's own pool (PostgreSQL, Django 5.1 and later) first; then one adapter
+per third-party pool library, registered by forksafe() when it wraps a
+backend built on that library. All run from the registry's invalidation.
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from django_forksafe import registry
+from django_forksafe.registry import keep_forever
+
 # Every fork-safe wrapper of this process (weakly): pools cached on them.
 _wrappers: weakref.WeakSet[Any] = weakref.WeakSet()
 _adapters: dict[str, Callable[[], None]] = {}
 
+# Where Django keeps its pools: the class-level DatabaseWrapper._connection_pools
+# dicts of the wrapper classes we made, by id.
+_django_pool_dicts: dict[int, dict[str, Any]] = {}
+# The process each of Django's pools we have taken connections from was opened
+# in, by id (weakly: Django holds the pools). A pool missing here dates from
+# before the fork too, say one a master warmed up with pool.open().
+_django_pool_pids: dict[int, int] = {}
 
-def keep_forever(obj: Any) -> None:
-    """Never free `obj`, so that no deallocator of it runs in this process."""
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+def watch_django_pools(pools: dict[str, Any]) -> None:
+    """Record a dict where Django keeps connection pools, by alias."""
+    _django_pool_dicts[id(pools)] = pools
+
+
+def opened_django_pool(pool: Any) -> None:
+    """Record that this process opened `pool`."""
+    key = id(pool)
+    if key not in _django_pool_pids:
+        weakref.finalize(pool, _django_pool_pids.pop, key, None).atexit = False
+        _django_pool_pids[key] = registry.known_pid()
+
+
+def _forget_django_pools(pid: int) -> None:
+    inherited = [
+        (pools, alias, pool)
+        for pools in list(_django_pool_dicts.values())
+        for alias, pool in list(pools.items())
+        if _django_pool_pids.get(id(pool)) != pid
+    ]
+    if not inherited:
+        return
+    with registry.silencing() as silence:
+        for pools, alias, pool in inherited:
+            # The pool's threads did not survive the fork and its idle
+            # connections are the parent's sessions: never close() it or let
+            # its __del__ run. Without it in Django's dict, the child lazily
+            # makes a pool of its own.
+            if pools.get(alias) is not pool:
+                continue  # Taken meanwhile (by a signal handler).
+            del pools[alias]
+            keep_forever(pool)
+            for idle in list(getattr(pool, "_pool", ())):  # psycopg_pool's idle connections.
+                with registry.logged("could not silence a connection of an inherited pool"):
+                    silence(idle)
 
 
 def created(wrapper: Any) -> None:
@@ -38,11 +81,12 @@ def adapt(wrapper_class: type) -> None:
             _adapters.setdefault(module, forget)
 
 
-def forget_inherited_pools() -> list[str]:
-    """In a child: drop every inherited third-party pool. Returns the libraries."""
-    for forget in list(_adapters.values()):
-        forget()
-    return sorted(_adapters)
+def forget_inherited_pools(pid: int) -> None:
+    """In a child: drop every inherited pool, Django's and third-party ones."""
+    _forget_django_pools(pid)
+    for library, forget in list(_adapters.items()):
+        with registry.logged(f"could not drop an inherited {library} pool"):
+            forget()
 
 
 def _forget_connection_pool() -> None:
@@ -74,3 +118,6 @@ _ADAPTERS: dict[str, Callable[[], None]] = {
     "dj_db_conn_pool": _forget_connection_pool,
     "django_db_geventpool": _forget_geventpool,
 }
+
+
+registry.on_invalidation(forget_inherited_pools)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from django_forksafe import sockets, sqlite
 from django_forksafe.detection import PROCESS_MARK
-from django_forksafe.pools import forget_inherited_pools, keep_forever
 from django_forksafe.signals import post_fork
 
 if TYPE_CHECKING:
@@ -52,22 +52,14 @@ class _OpenConnection:
 # (mysqlclient sends COM_QUIT) from running before the socket is redirected.
 _open_connections: dict[int, _OpenConnection] = {}
 
-# Where Django keeps connection pools (>= 5.1, PostgreSQL): the class-level
-# DatabaseWrapper._connection_pools dicts of the wrapper classes we made.
-_pool_dicts: dict[int, dict[str, Any]] = {}
-# The process each pool we have taken connections from was opened in, by id
-# (weakly: Django holds the pools). A pool missing here dates from before the
-# fork too, say one a master warmed up with pool.open().
-_pool_pids: dict[int, int] = {}
-
 # Serialise invalidation between the threads of one process, when a fork is
 # noticed after the fact. One lock per process: a lock that another thread
 # held when the process forked stays held in the child for ever. Re-entrant:
 # a signal handler may close connections while invalidation runs.
 _invalidation_locks: dict[int, threading.RLock] = {}
 
-# Called with the child's pid on invalidation, to drop other inherited
-# clients (django_forksafe.cache: memcached clients).
+# Called with the child's pid on invalidation, to drop what else it inherited:
+# connection pools (django_forksafe.pools), memcached clients (.cache).
 _invalidation_hooks: list[Callable[[int], None]] = []
 
 # The process that last invalidated inherited connections (or imported us):
@@ -96,17 +88,14 @@ def track(wrapper: ForkSafeMixin, raw: Any) -> None:
     _open_connections[key] = _OpenConnection(raw, pid, weakref.ref(wrapper, forget), database)
 
 
-def watch_pools(pools: dict[str, Any]) -> None:
-    """Record a dict where Django keeps connection pools, by alias."""
-    _pool_dicts[id(pools)] = pools
+def keep_forever(obj: Any) -> None:
+    """Never free `obj`, so that no deallocator of it runs in this process."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 
-def track_pool(pool: Any) -> None:
-    """Record that this process opened `pool`."""
-    key = id(pool)
-    if key not in _pool_pids:
-        weakref.finalize(pool, _pool_pids.pop, key, None).atexit = False
-        _pool_pids[key] = _known_pid
+def known_pid() -> int:
+    """The process that opened what is recorded now: this one, once it has invalidated."""
+    return _known_pid
 
 
 def on_invalidation(hook: Callable[[int], None]) -> None:
@@ -134,8 +123,9 @@ def invalidate_if_forked(send_post_fork: bool = True) -> Invalidation | None:
 def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     """
     In a new process: silence every recorded connection opened by another
-    process and every inherited pool, reset the DatabaseWrappers that held
-    them so they reconnect lazily, then send post_fork. Each step may be
+    process and reset the DatabaseWrappers that held them, so that they
+    reconnect lazily; silence the other inherited database sockets; drop
+    inherited pools and clients (the hooks); then send post_fork. Each step may be
     interrupted by a signal handler that closes connections, which then runs
     the rest: whatever is taken is taken once.
     """
@@ -143,15 +133,12 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     pid = os.getpid()
     parent_pid = _known_pid
     aliases = _forget_connections(pid)
-    _forget_django_pools(pid)
     if _scanned_pid != pid:
         _scanned_pid = pid
-        with _logged("could not silence the inherited sockets to the database servers"):
+        with logged("could not silence the inherited sockets to the database servers"):
             sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
-    with _logged("could not drop an inherited third-party connection pool"):
-        forget_inherited_pools()
-    for hook in list(_invalidation_hooks):
-        with _logged("could not drop an inherited client"):
+    for hook in list(_invalidation_hooks):  # Pools, caches.
+        with logged("could not drop an inherited pool or client"):
             hook(pid)
     if _known_pid == pid:  # Done meanwhile, post_fork included (by a signal handler).
         return Invalidation(parent_pid, aliases)
@@ -176,8 +163,7 @@ def _forget_connections(pid: int) -> list[str]:
     inherited = [(key, entry) for key, entry in list(_open_connections.items()) if entry.pid != pid]
     if not inherited:
         return aliases
-    devnull = _devnull()
-    try:
+    with silencing() as silence:
         for key, entry in inherited:
             # The wrapper first: from then on Django cannot reach the raw
             # connection, not even from a signal handler that closes it.
@@ -188,28 +174,18 @@ def _forget_connections(pid: int) -> list[str]:
                     aliases.append(wrapper.alias)
             if _open_connections.pop(key, None) is None:
                 continue  # Taken meanwhile (by a signal handler).
-            with _logged("could not silence an inherited connection"):
-                _silence(entry.raw, devnull, entry.database)
-    finally:
-        if devnull >= 0:
-            os.close(devnull)
+            with logged("could not silence an inherited connection"):
+                silence(entry.raw, entry.database)
     return aliases
 
 
-def _forget_django_pools(pid: int) -> None:
-    inherited = [
-        (pools_dict, alias, pool)
-        for pools_dict in list(_pool_dicts.values())
-        for alias, pool in list(pools_dict.items())
-        if _pool_pids.get(id(pool)) != pid
-    ]
-    if not inherited:
-        return
+@contextlib.contextmanager
+def silencing() -> Iterator[Callable[..., None]]:
+    """silence(raw, database=None) for inherited raw connections, with
+    /dev/null open meanwhile (once, for them all)."""
     devnull = _devnull()
     try:
-        for pools_dict, alias, pool in inherited:
-            with _logged("could not drop an inherited connection pool"):
-                _forget_pool(pools_dict, alias, pool, devnull)
+        yield lambda raw, database=None: _silence(raw, devnull, database)
     finally:
         if devnull >= 0:
             os.close(devnull)
@@ -224,24 +200,12 @@ def _devnull() -> int:
 
 
 @contextlib.contextmanager
-def _logged(failure: str) -> Iterator[None]:
+def logged(failure: str) -> Iterator[None]:
     # One failure must not leave the other inherited connections live.
     try:
         yield
     except Exception:
         logger.exception("django-forksafe %s", failure)
-
-
-def _forget_pool(pools: dict[str, Any], alias: str, pool: Any, devnull: int) -> None:
-    # The pool's threads did not survive the fork and its idle connections
-    # are the parent's sessions: never close() it or let its __del__ run.
-    # Without it in Django's dict, the child lazily makes a pool of its own.
-    if pools.get(alias) is not pool:
-        return  # Taken meanwhile (by a signal handler).
-    del pools[alias]
-    keep_forever(pool)
-    for idle in list(getattr(pool, "_pool", ())):  # psycopg_pool's idle connections.
-        _silence(idle, devnull)
 
 
 def _silence(raw: Any, devnull: int, database: str | None = None) -> None:

@@ -52,7 +52,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             setattr(cls, "pool", property(_checked_method(next_class, "pool")))  # noqa: B010
         django_pools = getattr(cls, "_connection_pools", None)
         if isinstance(django_pools, dict):
-            registry.watch_pools(django_pools)
+            pools.watch_django_pools(django_pools)
         pools.adapt(cls)  # Third-party pool libraries.
 
     @property
@@ -107,7 +107,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
                     sqlite.refuse_writes_clearly(self, refusal)
         pool = getattr(self, "pool", None)  # Django's PostgreSQL connection pool.
         if pool is not None:
-            registry.track_pool(pool)
+            pools.opened_django_pool(pool)
         return connection
 
     def is_usable(self) -> bool:

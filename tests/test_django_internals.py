@@ -144,7 +144,7 @@ def test_mixin_subclass_is_what_forksafe_makes() -> None:
     pytest.importorskip("psycopg")
     from django.db.backends.postgresql.base import DatabaseWrapper
 
-    from django_forksafe import forksafe, registry
+    from django_forksafe import forksafe, pools
 
     class Written(ForkSafeMixin, DatabaseWrapper):
         pass
@@ -153,4 +153,4 @@ def test_mixin_subclass_is_what_forksafe_makes() -> None:
     overridden = {name for name in ("ensure_connection", "pool", "close_pool") if name in vars(made)}
     assert overridden == {"ensure_connection", "pool", "close_pool"}
     assert {name for name in overridden if name in vars(Written)} == overridden
-    assert id(DatabaseWrapper._connection_pools) in registry._pool_dicts  # type: ignore[attr-defined]
+    assert id(DatabaseWrapper._connection_pools) in pools._django_pool_dicts  # type: ignore[attr-defined]
