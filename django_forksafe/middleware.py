@@ -14,8 +14,13 @@ GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseB
 class ForkSafeMiddleware:
     """
     Invalidate, silently, connections inherited from another process at the
-    start of each request: for servers that fork behind Python's back. Put it
-    first in MIDDLEWARE. The check is one memory load per request (see detection).
+    start of each request. The check is one memory load (see detection).
+
+    Optional: wherever Django's handlers serve the request, their
+    request_started signal runs the same check (wrapper.py), and every use of
+    a connection checks too. Kept as the public API the project started with,
+    for settings that list it, and for code that calls the middleware chain
+    without Django's handlers (and so without request_started).
     """
 
     sync_capable = True
