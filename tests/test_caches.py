@@ -318,7 +318,7 @@ def program_env(library: str, variant: str, program: str) -> dict[str, str]:
     }
 
 
-def browse(port: int, clients: int = 8, visits: int = 25) -> list[dict[str, Any]]:
+def browse(port: int, clients: int = 8, visits: int = 15) -> list[dict[str, Any]]:
     """Each client, with a cookie jar of its own, visits `visits` times."""
 
     def visit_all(_: int) -> list[dict[str, Any]]:

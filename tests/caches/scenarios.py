@@ -28,7 +28,7 @@ from tests import caches
 
 Observations = dict[str, Any]
 
-ROUNDS = 1000
+ROUNDS = 500
 CHILDREN = 4
 # Keys of this run only: other clients of the server never fail the test.
 PREFIX = f"forksafe-test-{uuid.uuid4().hex[:12]}"
