@@ -12,9 +12,9 @@ space := $(empty) $(empty)
 export PATH := $(PATH)$(if $(PYENV_BINS),:$(subst $(space),:,$(PYENV_BINS)))
 # The newest versions with everything, the oldest Python without the real
 # programs (half the time), psycopg2, SpatiaLite, the type and lint checks.
-TEST_ENVS ?= py313-django61,py310-django52-core,py312-django52-psycopg2,spatialite,mypy,lint
+TEST_ENVS ?= py313-django61,py310-django52-core,py312-django52-psycopg2,spatialite,unit,mypy,lint
 
-.PHONY: demo test tox benchmark clean machine
+.PHONY: demo test unit tox benchmark clean machine
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check --no-input
 
 # System packages, database servers and test databases (see the script).
@@ -41,6 +41,10 @@ demo: machine $(VENV)/.demo
 
 test: machine $(VENV)/bin/tox
 	$(VENV)/bin/tox run -q -e $(TEST_ENVS)
+
+# The pure functions and the tripwires on Django: no server, seconds.
+unit: $(VENV)/bin/tox
+	$(VENV)/bin/tox run -q -e unit
 
 tox: machine $(VENV)/bin/tox
 	$(VENV)/bin/tox run -q

@@ -1,0 +1,129 @@
+"""
+The pure functions, without a server or a fork: in seconds (tox -e unit,
+make unit). Endpoints from every form of HOST/PORT/OPTIONS and LOCATION,
+the ENGINE and BACKEND suggestions, the process mark's selection, uWSGI's
+hook detection.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+
+from django_forksafe import sockets
+from django_forksafe.backends import suggest_engine
+from django_forksafe.cache import suggest_backend
+from django_forksafe.contrib import uwsgi_detection
+from django_forksafe.detection import GETPID, WIPEONFORK, make_mark
+
+
+@pytest.mark.parametrize(
+    ("vendor", "host", "port", "expected"),
+    [
+        ("postgresql", "", "", [("", 5432)]),
+        ("postgresql", "db1", "", [("db1", 5432)]),
+        ("postgresql", "db1,db2", "5433", [("db1", 5433), ("db2", 5433)]),
+        ("postgresql", "db1, db2", "5432,5433", [("db1", 5432), ("db2", 5433)]),
+        ("postgresql", "db1", "not-a-port", []),  # libpq says what is wrong with it.
+        ("mysql", "127.0.0.1", 3307, [("127.0.0.1", 3307)]),
+        ("mysql", "db1,db2", "", [("db1,db2", 3306)]),  # No lists in MySQL.
+        ("mysql", None, None, [("", 3306)]),
+    ],
+)
+def test_hosts_and_ports(vendor: str, host: Any, port: Any, expected: list[tuple[str, int]]) -> None:
+    assert list(sockets._hosts_and_ports(vendor, {"HOST": host, "PORT": port})) == expected
+
+
+@pytest.mark.parametrize(
+    ("vendor", "settings", "endpoints"),
+    [
+        ("postgresql", {"HOST": "10.9.8.7", "PORT": "6543"}, [("10.9.8.7", 6543)]),
+        ("postgresql", {"HOST": "10.9.8.1,10.9.8.2", "PORT": "6001,6002"}, [("10.9.8.1", 6001), ("10.9.8.2", 6002)]),
+        ("postgresql", {"HOST": "::ffff:10.9.8.3", "PORT": "6003"}, [("10.9.8.3", 6003)]),  # IPv4-mapped.
+        ("postgresql", {"HOST": "/run/forksafe-pg", "PORT": "6004"}, [("unix", "/run/forksafe-pg/.s.PGSQL.6004")]),
+        ("postgresql", {"HOST": "", "PORT": "6005"}, [("unix", "/any/dir/.s.PGSQL.6005")]),  # libpq: a Unix socket.
+        ("mysql", {"HOST": "/run/forksafe-mysqld.sock"}, [("unix", "/run/forksafe-mysqld.sock")]),
+        ("mysql", {"HOST": "localhost", "PORT": "6006"}, [("127.0.0.1", 6006), ("::1", 6006)]),
+        (
+            "mysql",
+            {"HOST": "", "OPTIONS": {"unix_socket": "/run/forksafe-other.sock"}},
+            [("unix", "/run/forksafe-other.sock")],
+        ),
+    ],
+)
+def test_settings_endpoints_recorded_without_dns(
+    vendor: str, settings: dict[str, Any], endpoints: list[sockets.Endpoint]
+) -> None:
+    sockets.remember_settings(vendor, settings)
+    for endpoint in endpoints:
+        assert sockets._is_database(endpoint), endpoint
+
+
+def test_a_host_name_is_not_resolved_from_settings() -> None:
+    sockets.remember_settings("postgresql", {"HOST": "db.forksafe.invalid", "PORT": "6010"})
+    assert not any(port == 6010 for _, port in sockets._endpoints)
+
+
+@pytest.mark.parametrize(
+    ("location", "recorded", "endpoint"),
+    [
+        ("/tmp/forksafe-memcached.sock", True, ("unix", "/tmp/forksafe-memcached.sock")),
+        ("10.9.8.20", True, ("10.9.8.20", 7020)),
+        ("localhost", True, ("::1", 7020)),
+        ("cache.forksafe.invalid", False, None),  # Its connected peer is recorded instead.
+    ],
+)
+def test_cache_locations(location: str, recorded: bool, endpoint: sockets.Endpoint | None) -> None:
+    assert sockets.remember_server(location, 7020) is recorded
+    if endpoint is not None:
+        assert sockets._is_database(endpoint)
+
+
+@pytest.mark.parametrize(
+    ("engine", "suggested"),
+    [
+        ("django.db.backends.mysql", "django_forksafe.backends.mysql"),
+        ("django.db.backends.postgresql", "django_forksafe.backends.postgresql"),
+        ("django.db.backends.sqlite3", "django_forksafe.backends.sqlite3"),
+        ("django.contrib.gis.db.backends.postgis", "django_forksafe.backends.gis.postgis"),
+        ("django.contrib.gis.db.backends.spatialite", "django_forksafe.backends.gis.spatialite"),
+        ("django.db.backends.oracle", "forksafe(<django.db.backends.oracle>.base.DatabaseWrapper)"),
+        ("some_vendor.backend", "forksafe(<some_vendor.backend>.base.DatabaseWrapper)"),
+    ],
+)
+def test_engine_suggestion(engine: str, suggested: str) -> None:
+    assert suggested in suggest_engine(engine)
+
+
+@pytest.mark.parametrize(
+    ("backend", "suggested"),
+    [
+        ("django.core.cache.backends.memcached.PyLibMCCache", "django_forksafe.cache.PyLibMCCache"),
+        ("django.core.cache.backends.memcached.PyMemcacheCache", "django_forksafe.cache.PyMemcacheCache"),
+        ("my.cache.Backend", "forksafe_cache(<my.cache.Backend>)"),
+    ],
+)
+def test_cache_backend_suggestion(backend: str, suggested: str) -> None:
+    assert suggested in suggest_backend(backend)
+
+
+def test_mark_selection() -> None:
+    best, method = make_mark()
+    assert method == WIPEONFORK  # Linux 4.14 and later.
+    forced, forced_method = make_mark(GETPID)
+    assert forced_method == GETPID
+    assert best[0] == 1 and forced[0] == 1  # Armed in the process that made it.
+
+
+def test_uwsgi_hook_detection() -> None:
+    from django_forksafe.contrib.uwsgi import post_fork
+
+    def someone_elses() -> None:
+        pass
+
+    assert uwsgi_detection.hook_installed(types.SimpleNamespace(post_fork_hook=post_fork))
+    assert not uwsgi_detection.hook_installed(types.SimpleNamespace(post_fork_hook=someone_elses))
+    assert not uwsgi_detection.hook_installed(types.SimpleNamespace())
+    assert uwsgi_detection.hook_missing() is None  # Not under uWSGI here.
