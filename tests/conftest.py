@@ -31,7 +31,7 @@ if expected_django and django.VERSION[:2] != tuple(map(int, expected_django.spli
 
 
 def pytest_report_header() -> list[str]:
-    from tests.test_servers import SEED
+    from tests.programs import SEED
 
     return [
         f"django-forksafe from {django_forksafe.__file__}",
@@ -43,9 +43,6 @@ def pytest_report_header() -> list[str]:
 def tcpdump() -> None:
     """tcpdump, run as root, for the byte-level tests (tests/wire.py)."""
     if shutil.which("tcpdump") is None or os.geteuid() != 0:
-        from tests import dbconfig
+        from tests.utils import skip_or_fail
 
-        message = "needs tcpdump (make test installs it) and root to capture"
-        if dbconfig.in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("needs tcpdump (make test installs it) and root to capture")

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests import dbconfig
 from tests.backends import BACKENDS
 from tests.hazards.pools import POOL_SIZE
-from tests.test_hazards import (
+from tests.utils import (
     LOST_SESSION,
     assert_child_committed_parent_transaction,
     assert_child_outside_parent_transaction,
@@ -29,6 +28,7 @@ from tests.test_hazards import (
     assert_pool_workers_have_sessions_of_their_own,
     assert_pool_workers_lost_writes_with_parent_transaction,
     run,
+    skip_or_fail,
 )
 
 ALL = pytest.mark.parametrize("backend", list(BACKENDS))
@@ -53,9 +53,7 @@ def run_backend(scenario: str, backend: str, forksafe: bool = True) -> dict[str,
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            if dbconfig.in_ci():
-                pytest.fail(f"{module} is not installed ({exc}): pip install -e '.[test]'")
-            pytest.skip(f"{module} is not installed")
+            skip_or_fail(f"{module} is not installed ({exc}): pip install -e '.[test]'")
     result = run(scenario, BACKENDS[backend].vendor, f"{backend}-forksafe" if forksafe else backend)
     expected_driver = BACKENDS[backend].driver_class
     if expected_driver is not None:  # The driver this case is about, not another one.

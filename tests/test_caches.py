@@ -23,7 +23,7 @@ import pytest
 
 from django_forksafe import sockets
 from tests import IMPORT_PATH, caches
-from tests.test_servers import bin_path, free_port, require, running, stop
+from tests.programs import bin_path, free_port, require, running, stop
 
 LIBRARIES = pytest.mark.parametrize("library", caches.MEMCACHED_LIBRARIES)
 MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["C extension", "pure Python"])
@@ -259,7 +259,9 @@ def test_forksafe_cache_refuses_other_classes() -> None:
 # forksafe_check and the system checks ---------------------------------------------
 
 
-def manage(library: str, variant: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cache_settings_command(library: str, variant: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A django-admin command on tests.caches.settings (not testproject's
+    manage.py): `library`'s memcached BACKEND, Django's or ours (`variant`)."""
     caches.require(library)
     return subprocess.run(
         [sys.executable, "-m", "django", *args],
@@ -271,7 +273,7 @@ def manage(library: str, variant: str, *args: str) -> subprocess.CompletedProces
 
 @LIBRARIES
 def test_forksafe_check_covers_caches(library: str) -> None:
-    process = manage(library, "forksafe", "forksafe_check", "--cache", "default", "--format", "json")
+    process = cache_settings_command(library, "forksafe", "forksafe_check", "--cache", "default", "--format", "json")
     assert process.returncode == 0, process.stdout + process.stderr
     (result,) = json.loads(process.stdout)
     assert result["kind"] == "cache" and result["forksafe"] and result["reachable"]
@@ -280,7 +282,7 @@ def test_forksafe_check_covers_caches(library: str) -> None:
 
 @LIBRARIES
 def test_control_forksafe_check_reports_plain_backend_open(library: str) -> None:
-    process = manage(library, "plain", "forksafe_check", "--cache", "default")
+    process = cache_settings_command(library, "plain", "forksafe_check", "--cache", "default")
     assert process.returncode == 3, process.stdout + process.stderr
     assert "concurrent use             OPEN" in process.stdout
     assert f"use BACKEND = 'django_forksafe.cache.{caches.BACKENDS[library]['plain'].rpartition('.')[2]}'" in (
@@ -290,7 +292,8 @@ def test_control_forksafe_check_reports_plain_backend_open(library: str) -> None
 
 @LIBRARIES
 def test_system_check_warns_of_plain_memcached_backend(library: str) -> None:
-    plain, forksafe = manage(library, "plain", "check"), manage(library, "forksafe", "check")
+    plain = cache_settings_command(library, "plain", "check")
+    forksafe = cache_settings_command(library, "forksafe", "check")
     replacement = caches.BACKENDS[library]["forksafe"]
     assert f"(django_forksafe.W004) Cache 'default' uses BACKEND '{caches.BACKENDS[library]['plain']}'" in plain.stderr
     assert f"HINT: Use BACKEND = '{replacement}'." in plain.stderr

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_hazards import LOST_SESSION, SERVERS, assert_kept_session, run
+from tests.utils import LOST_SESSION, SERVERS, assert_kept_session, run
 
 FORKS = pytest.mark.parametrize("fork", ["", "libc_fork_"])
 MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "pure-python"])

@@ -20,6 +20,7 @@ import django
 import pytest
 
 from tests import IMPORT_PATH, dbconfig
+from tests.utils import require_server, skip_or_fail
 
 LABELS = [
     "backends",
@@ -69,10 +70,7 @@ def django_tests() -> Path:
         timeout=600,
     )
     if download.returncode:
-        message = f"cannot fetch Django {version}'s source distribution: {download.stderr[-500:]}"
-        if dbconfig.in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"cannot fetch Django {version}'s source distribution: {download.stderr[-500:]}")
     archive = next(CACHE.glob(f"[Dd]jango-{version}.tar.gz"))
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(f"{archive.name[:-7]}/tests/")]
@@ -136,11 +134,7 @@ def test_djangos_own_database_tests_pass(vendor: str, tmp_path: Path) -> None:
     forks workers that close inherited connections. If anything fails, the
     plain ENGINE runs the same way, forks and all, and must fail alike: a
     failure of this environment (not of ours) shows up on both."""
-    reason = dbconfig.unreachable_reason(vendor)
-    if reason is not None:
-        if dbconfig.in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_server(vendor)
     ours = run_suite(vendor, "forksafe", tmp_path, parallel="auto")
     if ours.returncode == 0:
         assert outcome(ours)[1][-1].startswith("OK")

@@ -12,7 +12,7 @@ import pytest
 
 from django_forksafe.checks import check_mechanism
 from tests import IMPORT_PATH, dbconfig
-from tests.test_servers import PROJECT, free_port, prepare, project_env, require
+from tests.programs import PROJECT, free_port, manage, prepare, project_env, require
 
 # What Django's plain ENGINE leaves open for certain, per vendor.
 DETERMINISTIC = {
@@ -22,20 +22,10 @@ DETERMINISTIC = {
 }
 
 
-def manage(vendor: str, engine: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(PROJECT / "manage.py"), *args],
-        env=project_env(vendor, engine, **env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def check_json(vendor: str, engine: str) -> tuple[int, dict[str, Any]]:
     require(vendor)
     prepare(vendor)
-    process = manage(vendor, engine, "forksafe_check", "--format", "json", "--timeout", "10")
+    process = manage(vendor, engine, "forksafe_check", "--format", "json", "--timeout", "10", check=False, timeout=600)
     (result,) = json.loads(process.stdout)
     return process.returncode, result
 
@@ -61,7 +51,7 @@ def test_plain_engine_hazards_reported_open(vendor: str) -> None:
 def test_table_output_suggests_engine() -> None:
     require("sqlite3")
     prepare("sqlite3")
-    process = manage("sqlite3", "plain", "forksafe_check", "--timeout", "10")
+    process = manage("sqlite3", "plain", "forksafe_check", "--timeout", "10", check=False, timeout=600)
     assert process.returncode == 3
     assert "CommandError: Fork hazards open on default." in process.stderr
     assert "child closes" in process.stdout and "OPEN" in process.stdout
@@ -70,7 +60,8 @@ def test_table_output_suggests_engine() -> None:
 
 def test_unreachable_database_reported_not_raised() -> None:
     process = manage(
-        "postgresql", "forksafe", "forksafe_check", "--format", "json", FORKSAFE_PG_PORT=str(free_port())
+        "postgresql", "forksafe", "forksafe_check", "--format", "json", check=False, timeout=600,
+        FORKSAFE_PG_PORT=str(free_port()),
     )
     assert process.returncode == 4
     (result,) = json.loads(process.stdout)
@@ -94,16 +85,16 @@ def test_call_command_raises_command_error_with_the_exit_status() -> None:
 
 
 def test_unknown_alias() -> None:
-    process = manage("sqlite3", "forksafe", "forksafe_check", "--database", "nosuch")
+    process = manage("sqlite3", "forksafe", "forksafe_check", "--database", "nosuch", check=False, timeout=600)
     assert process.returncode == 1
     assert "Unknown database alias 'nosuch'. Configured: default." in process.stderr
 
 
 def test_system_check_warns_about_plain_engine() -> None:
-    plain = manage("sqlite3", "plain", "check")
+    plain = manage("sqlite3", "plain", "check", check=False, timeout=600)
     assert "(django_forksafe.W001) Database 'default' uses ENGINE 'django.db.backends.sqlite3'" in plain.stderr
     assert "HINT: Use ENGINE = 'django_forksafe.backends.sqlite3'." in plain.stderr
-    forksafe = manage("sqlite3", "forksafe", "check")
+    forksafe = manage("sqlite3", "forksafe", "check", check=False, timeout=600)
     assert forksafe.returncode == 0
     assert "django_forksafe" not in forksafe.stderr + forksafe.stdout
 

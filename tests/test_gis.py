@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from tests import dbconfig
-from tests.test_hazards import assert_child_reconnected, assert_kept_session, assert_lost_session, run
+from tests.utils import assert_child_reconnected, assert_kept_session, assert_lost_session, run
 
 
 @pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)

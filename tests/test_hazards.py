@@ -6,121 +6,23 @@ the plain ENGINE fails deterministically.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from tests import IMPORT_PATH, dbconfig
-from tests.hazards import LIBC_FORK_TRIGGERS, SCENARIOS
-
-ROOT = Path(__file__).resolve().parent.parent
-SERVERS = pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)
-LOST_SESSION = ("Lost connection", "gone away", "server closed the connection", "Connection not available")
-
-
-def run(
-    scenario: str, vendor: str, engine: str = "forksafe", allow_child_error: bool = False, **env: str
-) -> dict[str, Any]:
-    assert scenario in SCENARIOS
-    needed = dbconfig.SERVER_VENDORS if scenario == "several_aliases" else (vendor,)
-    for name in needed:
-        reason = dbconfig.unreachable_reason(name)
-        if reason is not None:
-            if dbconfig.in_ci():
-                pytest.fail(reason)
-            pytest.skip(reason)
-    process = subprocess.run(
-        [sys.executable, "-m", "tests.hazards", scenario, vendor, engine],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=IMPORT_PATH,
-        env={**os.environ, "PYTHONPATH": IMPORT_PATH, **env},
-    )
-    assert process.returncode == 0, process.stderr
-    result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
-    assert allow_child_error or "child_error" not in result, result
-    return result
-
-
-def assert_kept_session(result: dict[str, Any]) -> None:
-    """The parent's next query ran on its original server session."""
-    assert result["parent_error"] is None
-    assert result["parent_same_raw"]
-    assert result["parent_same_session"]
-    assert result["parent_probe"] == 42  # Its TEMPORARY table is still there.
-    assert result["parent_session_on_server"]
-
-
-def assert_lost_session(result: dict[str, Any]) -> None:
-    assert result["parent_error"] is not None
-    assert any(message in result["parent_error"] for message in LOST_SESSION), result
-    assert not result["parent_session_on_server"]
-
-
-def assert_child_reconnected(result: dict[str, Any]) -> None:
-    assert result["child_session"] != result["parent_session"]
-    assert result["connection_created_in_child"]
-
-
-def assert_every_reply_right_from_own_session(result: dict[str, Any]) -> None:
-    """The concurrent scenarios: every reply the one asked for, each process
-    on one session of its own, the parent on its original one."""
-    processes = [result["parent"], *result["children"]]
-    assert [process.get("child_error") for process in processes] == [None] * len(processes)
-    assert [process["wrong_replies"] for process in processes] == [0] * len(processes)
-    sessions = [process["sessions"] for process in processes]
-    assert all(len(process_sessions) == 1 for process_sessions in sessions)
-    assert len({process_sessions[0] for process_sessions in sessions}) == len(processes)
-    assert result["parent"]["sessions"] == [result["parent_session"]]
-    assert_kept_session(result)
-
-
-def assert_child_outside_parent_transaction(result: dict[str, Any]) -> None:
-    """The fork_in_atomic scenarios, the child writing in the inherited block."""
-    # Inside the inherited block the child writes, in autocommit, on a
-    # session of its own...
-    assert "error_in_block" not in result and "error_leaving_block" not in result, result
-    assert result["session_in_block"] != result["parent_session"]
-    # ...leaving the block committed nothing of the parent's...
-    assert result["committed_before_rollback"] == [2, 3]
-    assert result["parent_sees_own_row"] is True
-    # ...nor ran the parent's on_commit callbacks...
-    assert result["on_commit_ran_in_child"] is False
-    assert result["session_after_block"] == result["session_in_block"]
-    # ...and the parent's rollback undid its own row, never the child's.
-    assert result["committed_after_rollback"] == [2, 3]
-    assert result["parent_on_commit_ran"] == []
-    assert result["parent_same_session"]
-
-
-def assert_child_committed_parent_transaction(result: dict[str, Any]) -> None:
-    assert result["session_in_block"] == result["parent_session"]
-    assert 1 in result["committed_before_rollback"]
-    assert 1 in result["committed_after_rollback"]  # The parent's rollback came too late.
-    assert result["on_commit_ran_in_child"] is True
-
-
-def assert_pool_workers_have_sessions_of_their_own(result: dict[str, Any]) -> None:
-    """The process pools started inside atomic()."""
-    tasks = result["tasks"]
-    assert [task.get("error") for task in tasks] == [None] * 8
-    assert result["committed"] == [1, 2, 3, 4, 5, 6, 7, 8]  # Not the parent's 0.
-    assert result["parent_session"] not in {task["session"] for task in tasks}
-    # Each worker kept one session of its own.
-    assert len({(task["pid"], task["session"]) for task in tasks}) == len({task["pid"] for task in tasks})
-    assert result["parent_same_session"]
-
-
-def assert_pool_workers_lost_writes_with_parent_transaction(result: dict[str, Any]) -> None:
-    # The workers wrote into the parent's transaction, and lost 1-4 with it.
-    assert not {1, 2, 3, 4} & set(result["committed"])
-
+from tests import dbconfig
+from tests.hazards import LIBC_FORK_TRIGGERS
+from tests.utils import (
+    LOST_SESSION,
+    SERVERS,
+    assert_child_committed_parent_transaction,
+    assert_child_outside_parent_transaction,
+    assert_child_reconnected,
+    assert_every_reply_right_from_own_session,
+    assert_kept_session,
+    assert_lost_session,
+    assert_pool_workers_have_sessions_of_their_own,
+    assert_pool_workers_lost_writes_with_parent_transaction,
+    run,
+)
 
 CHILD_CLEANUPS = ["child_closes", "child_closes_all", "child_closes_old_connections"]
 

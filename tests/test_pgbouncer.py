@@ -8,8 +8,8 @@ import pytest
 
 from tests import dbconfig
 from tests.pgbouncer import pgbouncer
-from tests.test_hazards import run
 from tests.tls import Unavailable
+from tests.utils import run, skip_or_fail
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,7 @@ def bouncer_env() -> Iterator[dict[str, str]]:
         with pgbouncer() as env:
             yield env
     except Unavailable as exc:
-        if dbconfig.in_ci():
-            pytest.fail(f"PgBouncer: {exc}")
-        pytest.skip(f"PgBouncer: {exc}")
+        skip_or_fail(f"PgBouncer: {exc}")
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """
 End to end, more programs that fork Django apps, run on testproject/ against
-real servers (helpers from tests/test_servers.py): uWSGI's spooler and mules,
+real servers (helpers from tests/programs.py): uWSGI's spooler and mules,
 gunicorn --preload with ASGI (uvicorn) workers, and Django's own parallel
 test runner; each with a plain-ENGINE control that shows the failure.
 """
@@ -21,8 +21,7 @@ import pytest
 
 from tests import dbconfig
 from tests.hazards import Monitor
-from tests.test_servers import (
-    SERVERS,
+from tests.programs import (
     assert_all_right,
     assert_master_kept_session,
     free_port,
@@ -35,6 +34,7 @@ from tests.test_servers import (
     unexpected_tracebacks,
     wrong,
 )
+from tests.utils import SERVERS, skip_or_fail
 
 
 def within(seconds: float, condition: Callable[[], Any], what: str, log: Path | None = None) -> Any:
@@ -215,10 +215,7 @@ def require_uvicorn_worker() -> None:
     try:
         import uvicorn_worker  # noqa: F401
     except ImportError:
-        reason = "uvicorn-worker is not installed"
-        if dbconfig.in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail("uvicorn-worker is not installed")
 
 
 @SERVERS
@@ -281,11 +278,11 @@ def parallel_test_run(vendor: str, engine: str, tmp_path: Path) -> tuple[dict[st
     """manage.py test shop --parallel 2 (fork): the runner's report, the
     (pid, session) each test ran on, and the output."""
     report, test_log = tmp_path / "runner.json", tmp_path / "tests.log"
-    names = {"FORKSAFE_MYSQL_NAME": TEST_DB, "FORKSAFE_PG_NAME": TEST_DB}
     process = manage(
         vendor, engine, "test", "shop", "--parallel", "2", "--noinput",
         "--testrunner", "testproject.runner.SessionCheckingRunner",
-        FORKSAFE_REPORT=str(report), FORKSAFE_TEST_LOG=str(test_log), **names,
+        FORKSAFE_REPORT=str(report), FORKSAFE_TEST_LOG=str(test_log),
+        FORKSAFE_MYSQL_NAME=TEST_DB, FORKSAFE_PG_NAME=TEST_DB,
     )
     sessions = [(int(pid), int(session)) for pid, session, _ in map(str.split, test_log.read_text().splitlines())]
     return json.loads(report.read_text()), sessions, process.stderr

@@ -22,8 +22,8 @@ from typing import Any
 
 from tests import dbconfig
 from tests.hazards import Monitor
-from tests.test_runners import events, new_run, poll, require_modules
-from tests.test_servers import PROJECT, SERVERS, manage, project_env, require, running, stop
+from tests.programs import PROJECT, events, manage, new_run, poll, project_env, require, running, stop
+from tests.utils import SERVERS, require_modules
 
 POOL_MIN_SIZE, POOL_MAX_SIZE = 2, 4  # testproject's OPTIONS["pool"] with FORKSAFE_PG_POOL=1.
 NO_CONNECTION = "couldn't get a connection"  # psycopg_pool.PoolTimeout
@@ -74,7 +74,7 @@ def run_qcluster(vendor: str, engine: str, tmp_path: Path, timeout: int = 90) ->
     require(vendor)
     require_modules("django_q", *(["psycopg_pool"] if vendor == "postgresql" else []))
     run = new_run(f"q-{vendor}-{engine}")
-    env = {"FORKSAFE_Q_NAME": run, "FORKSAFE_Q_RECYCLE": str(Q_RECYCLE), "FORKSAFE_CACHE": "db"}
+    env: dict[str, Any] = {"FORKSAFE_Q_NAME": run, "FORKSAFE_Q_RECYCLE": str(Q_RECYCLE), "FORKSAFE_CACHE": "db"}
     if vendor == "postgresql":
         env["FORKSAFE_PG_POOL"] = "1"
     manage(vendor, "forksafe", "migrate", "--verbosity", "0")

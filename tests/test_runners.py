@@ -13,58 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import dbconfig
 from tests.hazards import Monitor
-from tests.test_servers import PROJECT, SERVERS, manage, project_env, require, running, stop
-
-DEADLINE = 120.0
-
-
-def events(vendor: str, run: str) -> dict[str, list[dict[str, int]]]:
-    """The rows a run wrote, by source, in order."""
-    monitor = Monitor(vendor)
-    try:
-        rows = monitor.query("SELECT source, n, pid, session FROM shop_event WHERE run = %s ORDER BY id", (run,))
-    finally:
-        monitor.conn.close()
-    found: dict[str, list[dict[str, int]]] = {}
-    for source, n, pid, session in rows:
-        found.setdefault(source, []).append({"n": int(n), "pid": int(pid), "session": int(session)})
-    return found
-
-
-def poll(check: Callable[[], Any], what: str, seconds: float = DEADLINE) -> Any:
-    """Wait, bounded, for an external program: poll until `check()` is truthy."""
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)  # Polling an external program, bounded by the deadline.
-    return result
-
-
-def require_modules(*names: str) -> None:
-    """Skip (fail in CI) when a package the test needs is not installed."""
-    for name in names:
-        try:
-            __import__(name)
-        except ImportError as exc:
-            if dbconfig.in_ci():
-                pytest.fail(f"{name} is not installed ({exc})")
-            pytest.skip(f"{name} is not installed")
-
-
-def new_run(name: str) -> str:
-    return f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
+from tests.programs import DEADLINE, PROJECT, events, manage, new_run, poll, project_env, require, running, stop
+from tests.utils import SERVERS, require_modules
 
 # RQ through django-rq ------------------------------------------------------
 

@@ -9,206 +9,31 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from collections import defaultdict
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests import IMPORT_PATH, dbconfig
 from tests.hazards import Monitor
-from tests.test_hazards import ROOT
-
-PROJECT = ROOT / "testproject"
-# Which products the load asks for: printed in pytest's header, and set by
-# FORKSAFE_SEED to replay a run.
-SEED = int(os.environ.get("FORKSAFE_SEED") or random.SystemRandom().randrange(2**32))
-RANDOM = random.Random(SEED)
-PRODUCTS = 200
-SERVERS = pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)
-
-
-def require(*needs: str) -> None:
-    """Skip (fail in CI) when a server or program the test needs is missing."""
-    for need in needs:
-        if need in dbconfig.SERVER_VENDORS:
-            reason = dbconfig.unreachable_reason(need)
-        elif need == "redis":
-            try:
-                socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
-                reason = None
-            except OSError as exc:
-                reason = f"Redis not reachable at 127.0.0.1:6379 ({exc})"
-        else:
-            reason = None if shutil.which(need, path=bin_path()) else f"{need} is not installed"
-        if reason is not None:
-            if dbconfig.in_ci():
-                pytest.fail(reason)
-            pytest.skip(reason)
-
-
-def bin_path() -> str:
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-
-
-def project_env(vendor: str, engine: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": bin_path(),
-        "PYTHONPATH": os.pathsep.join([IMPORT_PATH, str(PROJECT)]),
-        "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "FORKSAFE_DB": vendor,
-        "FORKSAFE_ENGINE": engine,
-        **extra,
-    }
-
-
-def manage(vendor: str, engine: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    process = subprocess.run(
-        [sys.executable, str(PROJECT / "manage.py"), *args],
-        env=project_env(vendor, engine, **env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == 0, process.stderr
-    return process
-
-
-def prepare(vendor: str) -> None:
-    manage(vendor, "forksafe", "migrate", "--verbosity", "0")
-    manage(vendor, "forksafe", "seed", "--products", str(PRODUCTS))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def running(
-    command: list[str], env: dict[str, str], port: int | None, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a program, wait (bounded) until it listens on `port`, and stop it."""
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            command, cwd=PROJECT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while port is not None:
-            if process.poll() is not None:
-                pytest.fail(f"{command[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{command[0]} did not listen on {port}:\n{log.read_text()[-3000:]}")
-                time.sleep(0.1)  # Polling for readiness, bounded by the deadline.
-        yield process
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Signal the main process (it stops its own workers), bounded in time;
-    then kill whatever is left of its process group."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
-
-
-def hammer(
-    port: int, requests: int = 400, clients: int = 8, path: str = "/product/{pk}/"
-) -> list[dict[str, Any]]:
-    """Concurrent requests for random products; each outcome recorded."""
-
-    def fetch(pk: int) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{port}{path.format(pk=pk)}"
-        try:
-            with urllib.request.urlopen(url, timeout=20) as response:
-                body = json.loads(response.read())
-            return {"asked": pk, **body}
-        except Exception as exc:
-            return {"asked": pk, "error": f"{type(exc).__name__}: {exc}"}
-
-    pks = [RANDOM.randint(1, PRODUCTS) for _ in range(requests)]
-    with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(fetch, pks))
-
-
-def shared_sessions(responses: list[dict[str, Any]]) -> dict[int, set[int]]:
-    """Server sessions that served more than one worker process."""
-    pids = defaultdict(set)
-    for response in responses:
-        if "session" in response:
-            pids[response["session"]].add(response["pid"])
-    return {session: found for session, found in pids.items() if len(found) > 1}
-
-
-def wrong(responses: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in responses if r.get("name") != f"product {r['asked']}" or r.get("pk") != r["asked"]]
-
-
-def assert_all_right(responses: list[dict[str, Any]]) -> None:
-    assert wrong(responses) == []
-    assert shared_sessions(responses) == {}
-
-
-def assert_master_kept_session(vendor: str, report: Path) -> None:
-    master = json.loads(report.read_text())
-    monitor = Monitor(vendor)
-    try:
-        assert monitor.alive(master["session"])
-    finally:
-        monitor.conn.close()
-
-
-def unexpected_tracebacks(log: Path) -> list[str]:
-    """Tracebacks in a server's log, but for psycopg's ResourceWarning about
-    thread-local connections that Django leaves to the garbage collector when
-    a gthread worker exits (the plain ENGINE logs the same, with or without
-    --preload)."""
-    blocks = log.read_text().split("Traceback (most recent call last):")[1:]
-    return [
-        block
-        for block in blocks
-        # Nothing but headers ("Exception ignored in: ..."): two workers'
-        # output interleaved; the body follows in a block of its own, judged there.
-        if not all(line.startswith("Exception ignored in:") for line in block.splitlines() if line.strip())
-        and "ResourceWarning: <psycopg.Connection object" not in block
-        and not ("_connection_base.py" in block and "in __del__" in block)
-    ]
-
-
-def gunicorn_command(port: int, worker_class: str) -> list[str]:
-    command = [
-        "gunicorn", "testproject.wsgi:application", "--preload", "--workers", "3",
-        "--bind", f"127.0.0.1:{port}", "--max-requests", "40", "--max-requests-jitter", "10",
-        "--worker-class", worker_class, "--graceful-timeout", "5",
-    ]
-    return command + (["--threads", "4"] if worker_class == "gthread" else [])
+from tests.programs import (
+    PRODUCTS,
+    RANDOM,
+    assert_all_right,
+    assert_master_kept_session,
+    free_port,
+    gunicorn_command,
+    hammer,
+    manage,
+    prepare,
+    project_env,
+    require,
+    running,
+    shared_sessions,
+    stop,
+    unexpected_tracebacks,
+    wrong,
+)
+from tests.utils import SERVERS
 
 
 @SERVERS

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests import IMPORT_PATH, dbconfig
+from tests.utils import require_server, skip_or_fail
 
 # Our code could make these: the getpid() mark, the peer of a socket
 # (dup, getsockopt, getsockname, getpeername, close), the descriptor scan.
@@ -76,10 +77,7 @@ def per_unit(vendor: str, engine: str, work: str) -> Counter[str]:
 @pytest.fixture
 def strace() -> None:
     if shutil.which("strace") is None:
-        message = "strace is not installed (make test installs it)"
-        if dbconfig.in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("strace is not installed (make test installs it)")
 
 
 @pytest.mark.usefixtures("strace")
@@ -88,11 +86,7 @@ def strace() -> None:
     [("sqlite3", "queries"), ("mysql", "queries"), ("postgresql", "queries"), ("postgresql", "checkouts")],
 )
 def test_no_system_call_of_ours(vendor: str, work: str) -> None:
-    reason = dbconfig.unreachable_reason(vendor)
-    if reason is not None:
-        if dbconfig.in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_server(vendor)
     if work == "checkouts":
         pytest.importorskip("psycopg_pool")
     ours, plain = per_unit(vendor, "forksafe", work), per_unit(vendor, "plain", work)

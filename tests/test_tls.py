@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests import dbconfig, tls
-from tests.test_hazards import assert_kept_session, run
+from tests.utils import assert_kept_session, run, skip_or_fail
 from tests.wire import children_on_the_wire
 
 STARTERS = {"postgresql": tls.postgresql, "mysql": tls.mariadb}
@@ -37,9 +37,7 @@ def tls_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, 
         with STARTERS[vendor]() as env:
             yield vendor, env
     except tls.Unavailable as exc:
-        if dbconfig.in_ci():
-            pytest.fail(f"TLS {vendor} server: {exc}")
-        pytest.skip(f"TLS {vendor} server: {exc}")
+        skip_or_fail(f"TLS {vendor} server: {exc}")
 
 
 @pytest.fixture

@@ -11,15 +11,12 @@ from __future__ import annotations
 import pytest
 
 from tests import dbconfig
+from tests.utils import require_server
 from tests.wire import children_on_the_wire
 
 
 def server(vendor: str) -> str:
-    reason = dbconfig.unreachable_reason(vendor)
-    if reason is not None:
-        if dbconfig.in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_server(vendor)
     return vendor
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.test_servers import free_port, gunicorn_command, hammer, prepare, project_env, running, wrong
+from tests.programs import free_port, gunicorn_command, hammer, prepare, project_env, running, wrong
 
 
 def requests_per_second(vendor: str, engine: str, preload: bool, requests: int) -> float:

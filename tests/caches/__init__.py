@@ -13,9 +13,7 @@ import socket
 import stat
 from typing import Any
 
-import pytest
-
-from tests import dbconfig
+from tests.utils import skip_or_fail
 
 MEMCACHED = os.environ.get("FORKSAFE_MEMCACHED", "127.0.0.1:11311")
 MEMCACHED_SOCKET = os.environ.get("FORKSAFE_MEMCACHED_SOCKET", "/tmp/forksafe-memcached.sock")
@@ -110,6 +108,4 @@ def require(library: str, where: str = "tcp") -> None:
         except ImportError as exc:
             reason = f"{module} is not installed ({exc})"
     if reason is not None:
-        if dbconfig.in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(reason)
