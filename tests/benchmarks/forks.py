@@ -46,8 +46,10 @@ JOBS = {
 }
 
 
-def measure(job: str, engine: str, around: str, forks: int) -> float:
-    """In this process: the median microseconds of `forks` jobs."""
+def measure(job: str, engine: str, around: str, forks: int) -> tuple[float, float]:
+    """In this process: the median microseconds of `forks` jobs, wall clock
+    and the child's CPU (user and system, from wait4(): the kernel's exit
+    and the page faults included, the parent's share of fork() not)."""
     import django
     from django.conf import settings
 
@@ -67,11 +69,11 @@ def measure(job: str, engine: str, around: str, forks: int) -> float:
         with connections[alias].cursor() as cursor:
             cursor.execute("SELECT 1")
 
-    def one() -> float:
+    def one() -> tuple[float, float]:
         started = time.perf_counter()
         if job == "subprocess.run":
             subprocess.run(["true"], check=True)
-            return time.perf_counter() - started
+            return time.perf_counter() - started, 0.0
         if around == "close_before_fork":
             connections.close_all()
         pid = os.fork()
@@ -82,10 +84,10 @@ def measure(job: str, engine: str, around: str, forks: int) -> float:
                         connections[alias].connection = None
                 query("a0")
             os._exit(0)
-        os.waitpid(pid, 0)
+        _, _, usage = os.wait4(pid, 0)
         if job == "fork-and-query":
             query("a0")
-        return time.perf_counter() - started
+        return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
     for _ in range(5):
         one()
@@ -93,12 +95,12 @@ def measure(job: str, engine: str, around: str, forks: int) -> float:
     for fd in files:
         os.close(fd)
     connections.close_all()
-    return statistics.median(samples) * 1e6
+    return statistics.median(wall for wall, _ in samples) * 1e6, statistics.median(cpu for _, cpu in samples) * 1e6
 
 
-def compare(job: str, rounds: int, forks: int) -> dict[str, float]:
-    """Median over rounds of each variant's median, alternating variants."""
-    results: dict[str, list[float]] = {name: [] for name in JOBS[job]}
+def compare(job: str, rounds: int, forks: int) -> dict[str, tuple[float, float]]:
+    """Median over rounds of each variant's medians, alternating variants."""
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in JOBS[job]}
     for round_number in range(rounds):
         order = JOBS[job] if round_number % 2 == 0 else tuple(reversed(JOBS[job]))
         for name in order:
@@ -107,18 +109,24 @@ def compare(job: str, rounds: int, forks: int) -> dict[str, float]:
                 [sys.executable, "-m", "tests.benchmarks.forks", "--measure", job, engine, around, str(forks)],
                 capture_output=True, text=True, check=True, env={**os.environ, **env},
             )
-            results[name].append(float(process.stdout.split()[-1]))
-    return {name: statistics.median(values) for name, values in results.items()}
+            wall, cpu = process.stdout.split()[-2:]
+            results[name].append((float(wall), float(cpu)))
+    return {
+        name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+        for name, values in results.items()
+    }
 
 
 def report(rounds: int) -> None:
     print(f"a fork with {ALIASES} aliases on PostgreSQL and {DESCRIPTORS} more descriptors, "
-          f"µs (median of {rounds} alternating rounds):")
+          f"µs (median of {rounds} alternating rounds), wall clock [child's CPU]:")
     for job, forks in (("fork-and-exit", 300), ("subprocess.run", 300), ("fork-and-query", 60)):
         medians = compare(job, rounds, forks)
-        base = medians[JOBS[job][0]]
+        base, base_cpu = medians[JOBS[job][0]]
         print(f"  {job}: " + ", ".join(
-            f"{name} {value:.0f} ({value - base:+.0f}; {value / base:.3f})" for name, value in medians.items()
+            f"{name} {wall:.0f} ({wall - base:+.0f}; {wall / base:.3f})"
+            + (f" [{cpu:.0f} ({cpu - base_cpu:+.0f})]" if cpu else "")
+            for name, (wall, cpu) in medians.items()
         ))
 
 
@@ -129,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         job, engine, around, forks = args.measure
-        print(measure(job, engine, around, int(forks)))
+        print(*measure(job, engine, around, int(forks)))
         return
     reason = dbconfig.unreachable_reason("postgresql")
     if reason:
