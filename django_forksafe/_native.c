@@ -350,6 +350,46 @@ last_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
     return Py_BuildValue("(lO)", silenced_count, scan_failed ? Py_False : Py_True);
 }
 
+/* Python's after-fork-in-child hook, made in C so that a child that needs no
+ * Python at the fork touches no Python object (each would cost it a
+ * copy-on-write page fault): it calls the registry's handler only when the
+ * scan failed here, or the parent said a child must hear of the fork at once. */
+
+static PyObject *python_handler;
+static int python_wanted;
+
+static PyObject *
+after_fork_in_child(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    if (!python_wanted && !scan_failed) {
+        Py_RETURN_NONE;
+    }
+    if (python_handler == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallNoArgs(python_handler);
+}
+
+static PyObject *
+set_python_handler(PyObject *Py_UNUSED(module), PyObject *handler)
+{
+    if (!PyCallable_Check(handler)) {
+        PyErr_SetString(PyExc_TypeError, "the handler must be callable");
+        return NULL;
+    }
+    PyObject *previous = python_handler;
+    python_handler = Py_NewRef(handler);
+    Py_XDECREF(previous);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+want_python_at_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    python_wanted = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 silenced(PyObject *Py_UNUSED(module), PyObject *argument)
 {
@@ -419,6 +459,17 @@ static PyMethodDef methods[] = {
      "last_fork() -> (silenced, complete)\n\n"
      "What the fork handler did in this process: how many sockets it silenced,\n"
      "and whether it could look at every descriptor."},
+    {"after_fork_in_child", after_fork_in_child, METH_NOARGS,
+     "after_fork_in_child() -> None\n\n"
+     "For os.register_at_fork(after_in_child=...): calls the handler given to\n"
+     "set_python_handler() only if the scan failed in this child, or\n"
+     "want_python_at_fork() was called (in this process or a parent)."},
+    {"set_python_handler", set_python_handler, METH_O,
+     "set_python_handler(handler) -> None\n\n"
+     "What after_fork_in_child() calls when Python is wanted at the fork."},
+    {"want_python_at_fork", want_python_at_fork, METH_NOARGS,
+     "want_python_at_fork() -> None\n\n"
+     "From now on, every child runs the Python handler at the fork."},
     {"silenced", silenced, METH_O,
      "silenced(fd) -> bool\n\n"
      "Whether the descriptor is a dead end the fork handler put there in this process."},

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django_forksafe import sockets, sqlite
-from django_forksafe.detection import PROCESS_MARK
+from django_forksafe.detection import NATIVE, PROCESS_MARK
 from django_forksafe.signals import post_fork
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ def track(wrapper: ForkSafeMixin, raw: Any) -> None:
             del _open_connections[key]
 
     database = str(wrapper.settings_dict.get("NAME") or "") if wrapper.vendor == "sqlite" else None
+    if database is not None and NATIVE is not None:
+        NATIVE.want_python_at_fork()
     _open_connections[key] = _OpenConnection(raw, pid, weakref.ref(wrapper, forget), database)
 
 
@@ -256,23 +258,20 @@ def _invalidate_at_exit() -> None:
 def _invalidate_after_fork() -> None:
     # Once per process: an at-fork hook registered before ours that used the
     # database has invalidated already, and opened the child's own session.
-    if sockets.silenced_inside_fork() and not _wanted_at_fork():
-        # fork() itself left every inherited socket dead, and Django's state
-        # is checked wherever it is read: the rest waits for the child's first
-        # use, so that a child that never uses the database (a fork and exec,
-        # a fork and exit) pays nothing for it.
-        return
     invalidate_if_forked()
 
 
-def _wanted_at_fork() -> bool:
-    """Whether a child must invalidate now rather than at first use: post_fork
-    has receivers (it is documented as sent at the fork), or a SQLite handle is
-    open (no socket to kill: its finaliser could delete the parent's journal)."""
-    # Not has_listeners(): it takes the signal's lock, which another thread of
-    # the parent may have held at the fork (a dead receiver counts: no harm).
-    return bool(post_fork.receivers) or any(entry.database is not None for entry in _open_connections.values())
-
-
-os.register_at_fork(after_in_child=_invalidate_after_fork)
+if NATIVE is not None:
+    # fork() itself left every inherited socket dead, and Django's state is
+    # checked wherever it is read: the rest waits for the child's first use,
+    # so that a child that never uses the database (a fork and exit, a fork
+    # and exec) pays nothing more, not even a page fault. The C hook calls
+    # ours at the fork only if its scan failed, or if a child must hear of
+    # the fork at once: post_fork has receivers (it is documented as sent at
+    # the fork), or a SQLite handle is open (no socket to kill: its finaliser
+    # could delete the parent's journal), or the endpoint table is full.
+    NATIVE.set_python_handler(_invalidate_after_fork)
+    os.register_at_fork(after_in_child=NATIVE.after_fork_in_child)
+else:
+    os.register_at_fork(after_in_child=_invalidate_after_fork)
 atexit.register(_invalidate_at_exit)

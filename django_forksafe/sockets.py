@@ -68,7 +68,9 @@ def _add(endpoint: Endpoint, suffix: bool = False) -> None:
         address = ipaddress.ip_address(kind)
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         added = NATIVE.add_endpoint(family, address.packed, int(where))
-    _native_complete = _native_complete and added
+    if not added:  # The C table is full: Python scans too, at the fork.
+        _native_complete = False
+        NATIVE.want_python_at_fork()
 
 
 def remember_peer(raw: Any, vendor: str = "", settings_dict: Mapping[str, Any] | None = None) -> None:
