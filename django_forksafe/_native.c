@@ -74,10 +74,6 @@ static ino_t dead_ino;
 
 /* What the handler did in this process (0 in a process that did not fork). */
 static long silenced_count;
-/* The dead end this process's handler put over sockets (what silenced() checks). */
-static dev_t used_dev;
-static ino_t used_ino;
-static int used_valid;
 static int scan_failed;
 
 /* The process mark: 1 in the process that armed it, 0 in any child. */
@@ -181,7 +177,6 @@ dead_end(int *made_here)
 static void
 silence_if_database(int fd, int *dead, int *made_here)
 {
-    struct stat st;
     struct sockaddr_storage peer;
     socklen_t length = sizeof(peer);
 
@@ -201,11 +196,6 @@ silence_if_database(int fd, int *dead, int *made_here)
         if (*dead < 0) {
             scan_failed = 1;
             return;
-        }
-        if (fstat(*dead, &st) == 0) {
-            used_dev = st.st_dev;
-            used_ino = st.st_ino;
-            used_valid = 1;
         }
     }
     int flags = fcntl(fd, F_GETFD);
@@ -255,7 +245,6 @@ silence_in_child(void)
 
     silenced_count = 0;
     scan_failed = 0;
-    used_valid = 0;
     if (__atomic_load_n(&endpoint_count, __ATOMIC_ACQUIRE) == 0) {
         goto done;
     }
@@ -390,18 +379,6 @@ want_python_at_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
     Py_RETURN_NONE;
 }
 
-static PyObject *
-silenced(PyObject *Py_UNUSED(module), PyObject *argument)
-{
-    struct stat st;
-    long fd = PyLong_AsLong(argument);
-
-    if (fd == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    return PyBool_FromLong(used_valid && fd >= 0 && fd <= INT_MAX && fstat((int)fd, &st) == 0 && st.st_dev == used_dev && st.st_ino == used_ino);
-}
-
 /* The process mark, as a sequence of one byte: PROCESS_MARK[0]. */
 
 typedef struct {
@@ -470,9 +447,6 @@ static PyMethodDef methods[] = {
     {"want_python_at_fork", want_python_at_fork, METH_NOARGS,
      "want_python_at_fork() -> None\n\n"
      "From now on, every child runs the Python handler at the fork."},
-    {"silenced", silenced, METH_O,
-     "silenced(fd) -> bool\n\n"
-     "Whether the descriptor is a dead end the fork handler put there in this process."},
     {NULL, NULL, 0, NULL},
 };
 

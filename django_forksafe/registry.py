@@ -211,6 +211,13 @@ def logged(failure: str) -> Iterator[None]:
 
 
 def _silence(raw: Any, devnull: int, database: str | None = None) -> None:
+    if database is None and sockets.silenced_inside_fork():
+        # fork() itself put a dead end over every inherited database socket.
+        # By now (the child's first use) the descriptor may have been closed
+        # and its number reused (Celery's workers close what they inherited):
+        # never touch it, nor let the driver close it.
+        keep_forever(raw)
+        return
     try:
         fd = raw.fileno()
     except Exception:  # No such method (SQLite), or a broken connection.
@@ -223,12 +230,6 @@ def _silence(raw: Any, devnull: int, database: str | None = None) -> None:
         keep_forever(raw)
         if sqlite.is_sqlite(raw):
             sqlite.retire_inherited(raw, database)
-        return
-    if sockets.silenced_by_fork(fd):
-        # fork() itself left it talking to a dead end: nothing to redirect,
-        # and nothing to gain from the driver's close() (a goodbye to nowhere,
-        # a free of the handle) but time in every child.
-        keep_forever(raw)
         return
     # psycopg_pool's close_returns=True: close() would give the connection
     # back to the inherited pool (whose lock another thread may have held).

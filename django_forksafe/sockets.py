@@ -237,11 +237,6 @@ def silenced_inside_fork() -> bool:
     return bool(complete)
 
 
-def silenced_by_fork(fd: int) -> bool:
-    """Whether fork() itself put a dead end over this descriptor (the C extension)."""
-    return NATIVE is not None and NATIVE.silenced(fd)
-
-
 def silence_inherited() -> int:
     """In a child: silence every socket to a database endpoint, unless the C
     extension already did inside fork(). Returns how many."""

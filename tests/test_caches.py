@@ -29,19 +29,12 @@ LIBRARIES = pytest.mark.parametrize("library", caches.MEMCACHED_LIBRARIES)
 MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["C extension", "pure Python"])
 
 
-# libmemcached's own assertion, when another process's reply lands in the middle
-# of a request: the process aborts (SIGABRT). Seen with Django's BACKEND only.
-LIBMEMCACHED_ABORT = "Assertion `memcached_failed(rc)' failed"
-
-
 def run(
     scenario: str,
     library: str,
     variant: str = "forksafe",
     where: str = "tcp",
     native: str = "1",
-    *,
-    abort_shows_hazard: bool = False,
 ) -> dict[str, Any]:
     caches.require(library, where)
     process = subprocess.run(
@@ -52,8 +45,6 @@ def run(
         cwd=IMPORT_PATH,
         env={**os.environ, "PYTHONPATH": IMPORT_PATH, "DJANGO_FORKSAFE_NATIVE": native},
     )
-    if abort_shows_hazard and process.returncode < 0 and LIBMEMCACHED_ABORT in process.stderr:
-        return {"aborted": process.stderr}
     assert process.returncode == 0, process.stderr
     result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
     assert result["native"] == (native == "1")
@@ -105,18 +96,18 @@ def test_concurrent_over_unix_socket(library: str) -> None:
     assert_parent_kept_connection(result, "unix")
 
 
-@LIBRARIES
+# pymemcache only. How much the processes overlap is up to the scheduler, and
+# pylibmc's runs under Django's BACKEND showed anything from thousands of
+# wrong values (docs/caches.rst's numbers), to libmemcached aborting the process, to
+# nothing at all on a loaded machine (CPython 3.13): not a control. pylibmc's
+# deterministic ones are below (quit at a child's exit, another thread's
+# client); pymemcache checks each reply's key, and errors every time.
 @pytest.mark.parametrize("scenario", ["concurrent", "libc_fork_concurrent"])
-def test_control_concurrent_wrong_values_or_errors(scenario: str, library: str) -> None:
-    result = run(scenario, library, "plain", abort_shows_hazard=True)
-    if "aborted" in result:  # Worse than wrong values: libmemcached aborted a process.
-        assert library == "pylibmc", result
-        return
+def test_control_concurrent_wrong_values_or_errors(scenario: str) -> None:
+    result = run(scenario, "pymemcache", "plain")
     wrong, errors = tally(result)
-    print(f"{library} {scenario}, Django's BACKEND: {wrong} wrong values, {errors} errors")
+    print(f"pymemcache {scenario}, Django's BACKEND: {wrong} wrong values, {errors} errors")
     assert wrong + errors > 0, result
-    if library == "pylibmc":  # Another process's values, not only misses.
-        assert wrong > 0
 
 
 # What a child does with the client it inherited ------------------------------
