@@ -44,8 +44,12 @@ def price_of(start: int, stop: int) -> dict[str, Any]:
 
     from shop.models import Product
 
-    inherited = connection.connection is not None and os.getpid() != PARENT_PID
+    # The task's query ran on the connection object the worker found there:
+    # one it inherited, unless something in this process reset it meanwhile
+    # (the first use of Django's state in a child does, before any byte).
+    found = connection.connection
     total = Product.objects.filter(pk__gte=start, pk__lt=stop).aggregate(total=Sum("price"))["total"]
+    inherited = found is not None and connection.connection is found and os.getpid() != PARENT_PID
     result = {"pid": os.getpid(), "total": total, "used_inherited": inherited, "session": session()}
     close_old_connections()
     return result
