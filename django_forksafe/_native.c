@@ -333,6 +333,37 @@ add_endpoint(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_TRUE;
 }
 
+/* Whether `fd` is connected to a recorded endpoint: one getpeername(), no
+ * allocation, for a new raw connection whose server is already known. */
+static PyObject *
+is_database_socket(PyObject *Py_UNUSED(module), PyObject *argument)
+{
+    long number = PyLong_AsLong(argument);
+    if (number == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (number < 0 || number > INT_MAX) {
+        Py_RETURN_FALSE;
+    }
+    int fd = (int)number;
+    struct sockaddr_storage peer;
+    socklen_t length = sizeof(peer);
+    memset(&peer, 0, sizeof(peer));
+    if (getpeername(fd, (struct sockaddr *)&peer, &length) != 0) {
+        Py_RETURN_FALSE;
+    }
+    return PyBool_FromLong(is_database_peer(&peer, length));
+}
+
+/* A reference never given back: no deallocator of `obj` runs in this
+ * process, not even at interpreter exit (an inherited raw connection). */
+static PyObject *
+keep_forever(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    Py_INCREF(obj);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 last_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
@@ -432,6 +463,12 @@ static PyMethodDef methods[] = {
      "add_endpoint(family, address, port=0, suffix=False) -> bool\n\n"
      "Record a database endpoint: 4 or 16 address bytes and a port, or a Unix\n"
      "socket's name (its end, with suffix). False if the table is full."},
+    {"is_database_socket", is_database_socket, METH_O,
+     "is_database_socket(fd) -> bool\n\n"
+     "Whether the descriptor is a socket connected to a recorded endpoint."},
+    {"keep_forever", keep_forever, METH_O,
+     "keep_forever(obj) -> None\n\n"
+     "Take a reference that is never released: obj is never freed here."},
     {"last_fork", last_fork, METH_NOARGS,
      "last_fork() -> (silenced, complete)\n\n"
      "What the fork handler did in this process: how many sockets it silenced,\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import threading
@@ -92,6 +91,11 @@ def track(wrapper: ForkSafeMixin, raw: Any) -> None:
 
 def keep_forever(obj: Any) -> None:
     """Never free `obj`, so that no deallocator of it runs in this process."""
+    if NATIVE is not None:
+        NATIVE.keep_forever(obj)  # ctypes' first call costs a child 50 page faults.
+        return
+    import ctypes
+
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 
@@ -184,10 +188,12 @@ def _forget_connections(pid: int) -> list[str]:
 @contextlib.contextmanager
 def silencing() -> Iterator[Callable[..., None]]:
     """silence(raw, database=None) for inherited raw connections, with
-    /dev/null open meanwhile (once, for them all)."""
-    devnull = _devnull()
+    /dev/null open meanwhile (once, for them all) unless fork() itself
+    silenced their sockets."""
+    inside_fork = sockets.silenced_inside_fork()
+    devnull = -1 if inside_fork else _devnull()
     try:
-        yield lambda raw, database=None: _silence(raw, devnull, database)
+        yield lambda raw, database=None: _silence(raw, devnull, database, inside_fork)
     finally:
         if devnull >= 0:
             os.close(devnull)
@@ -210,8 +216,8 @@ def logged(failure: str) -> Iterator[None]:
         logger.exception("django-forksafe %s", failure)
 
 
-def _silence(raw: Any, devnull: int, database: str | None = None) -> None:
-    if database is None and sockets.silenced_inside_fork():
+def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: bool = False) -> None:
+    if database is None and inside_fork:
         # fork() itself put a dead end over every inherited database socket.
         # By now (the child's first use) the descriptor may have been closed
         # and its number reused (Celery's workers close what they inherited):

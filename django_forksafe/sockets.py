@@ -82,6 +82,9 @@ def remember_peer(raw: Any, vendor: str = "", settings_dict: Mapping[str, Any] |
         _peers_known.add(raw)
     except TypeError:  # Not weakly referenceable: looked at every time.
         pass
+    fd = _fileno(raw)
+    if fd is not None and NATIVE is not None and NATIVE.is_database_socket(fd):
+        return  # A new connection to a recorded server: one getpeername() in C.
     sock = _socket_of(raw)
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -89,7 +92,6 @@ def remember_peer(raw: Any, vendor: str = "", settings_dict: Mapping[str, Any] |
             if endpoint is not None:
                 _add(endpoint)
         return
-    fd = _fileno(raw)
     if fd is not None:
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
             endpoint = _endpoint(dup)
