@@ -127,3 +127,38 @@ def test_uwsgi_hook_detection() -> None:
     assert not uwsgi_detection.hook_installed(types.SimpleNamespace(post_fork_hook=someone_elses))
     assert not uwsgi_detection.hook_installed(types.SimpleNamespace())
     assert uwsgi_detection.hook_missing() is None  # Not under uWSGI here.
+
+
+def test_the_c_extension_knows_a_connection_to_a_recorded_server() -> None:
+    """A new raw connection's peer is looked up in C (one getpeername(), no
+    allocation) before Python does it the long way."""
+    import gc
+    import os
+    import socket
+    import weakref
+
+    from django_forksafe.detection import NATIVE
+    from tests.utils import skip_or_fail
+
+    if NATIVE is None:
+        skip_or_fail("the C extension is not built here (or DJANGO_FORKSAFE_NATIVE=0)")
+    with socket.create_server(("127.0.0.1", 0)) as recorded, socket.create_server(("127.0.0.1", 0)) as other:
+        assert sockets.remember_server("127.0.0.1", recorded.getsockname()[1])
+        with socket.create_connection(recorded.getsockname()) as to_recorded, socket.create_connection(
+            other.getsockname()
+        ) as to_other, open(os.devnull) as file:
+            assert NATIVE.is_database_socket(to_recorded.fileno())
+            assert not NATIVE.is_database_socket(to_other.fileno())
+            assert not NATIVE.is_database_socket(file.fileno())  # Not a socket.
+            assert not NATIVE.is_database_socket(recorded.fileno())  # Not connected.
+            assert not NATIVE.is_database_socket(-1)
+
+    class Connection:
+        pass
+
+    kept = Connection()
+    reference = weakref.ref(kept)
+    NATIVE.keep_forever(kept)
+    del kept
+    gc.collect()
+    assert reference() is not None  # Never freed: its deallocator never runs.
