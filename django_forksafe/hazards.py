@@ -12,9 +12,14 @@ observations, a JSON-able dict:
 * ``parent_same_session``, ``parent_same_raw``, ``parent_probe``: it still
   ran on its own server session, raw connection, and could read the
   TEMPORARY table (value 42) only that session sees;
-* ``parent_session_on_server``: with an ``on_server`` callback, whether the
-  server still lists the parent's session;
-* ``child_error``, ``child_touched_inherited``, and what the hazard adds.
+* ``parent_session_on_server``: whether the server still lists the
+  parent's session, asked on a session of its own (``server_lists()``, or
+  the test suite's monitor outside Django);
+* ``child_error``, ``child_touched_inherited``, ``child_session`` (the
+  session the child got for its own use) and what the hazard adds.
+
+Each hazard takes the fork to use: ``os.fork`` (Python's at-fork handlers
+run) or ``libc_fork`` (they do not, as in uWSGI's workers and C extensions).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ Observations = dict[str, Any]
 Fork = Callable[[], int]
 
 SESSION_SQL = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
+# Whether the server lists a session (by its SESSION_SQL id), from any session.
+SESSION_LISTED_SQL = {
+    "mysql": "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
+    "postgresql": "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s",
+}
 PROBE_VALUE = 42
 
 
@@ -101,6 +111,46 @@ def session_id(alias: str = "default") -> int:
         return int(cursor.fetchone()[0])
 
 
+def server_lists(alias: str) -> Callable[[int], bool] | None:
+    """Parent's `on_server` for the diagnostic: whether the server still lists
+    a session, asked on a session opened for the question and closed after it
+    (never one a child could inherit). None for SQLite."""
+    vendor = connection(alias).vendor
+    if vendor not in SESSION_LISTED_SQL:
+        return None
+
+    def listed(session: int) -> bool:
+        from django.db import connections
+
+        asking = connections.create_connection(alias)
+        try:
+            with asking.cursor() as cursor:
+                cursor.execute(SESSION_LISTED_SQL[vendor], [session])
+                return bool(cursor.fetchone()[0])
+        finally:
+            asking.close()
+
+    return listed
+
+
+def own_session(alias: str = "default", first: Callable[[], object] = lambda: None) -> Observations:
+    """In a child, after `first`: the session its own query ran on, and
+    whether it opened that session itself."""
+    from django.db.backends.signals import connection_created
+
+    created: list[int] = []
+
+    def record(**kwargs: Any) -> None:
+        created.append(os.getpid())
+
+    connection_created.connect(record, weak=False)
+    try:
+        first()
+        return {"child_session": session_id(alias), "connection_created_in_child": created == [os.getpid()]}
+    finally:
+        connection_created.disconnect(record)
+
+
 class Parent:
     """
     The parent's session as it was before the fork: its id, its raw
@@ -153,32 +203,21 @@ class Parent:
         return observations
 
 
-# What a child does to let go of the connection it inherited.
-CLEANUPS: dict[str, Callable[[str], None]] = {
-    "close": lambda alias: connection(alias).close(),
-    "close_all": lambda alias: _connections().close_all(),
-    "close_old_connections": lambda alias: _close_old_connections(),
-}
-
-
-def _connections() -> Any:
+def close_all(alias: str) -> None:
+    """What a child does first to let go of what it inherited (Celery's
+    fixup, a multiprocessing initializer, a daemonizing script)."""
     from django.db import connections
 
-    return connections
+    connections.close_all()
 
 
-def _close_old_connections() -> None:
-    from django.db import close_old_connections
-
-    close_old_connections()
-
-
-def child_closes(parent: Parent, cleanup: str = "close", fork: Fork = os.fork) -> Observations:
-    """The child's habitual clean-up, as a Celery task or a request ends."""
+def child_closes(parent: Parent, cleanup: Callable[[str], None] = close_all, fork: Fork = os.fork) -> Observations:
+    """The child lets go of the inherited connection, then uses the database."""
 
     def work() -> Observations:
-        CLEANUPS[cleanup](parent.alias)
-        return {"child_touched_inherited": parent.child_touched_inherited()}
+        cleanup(parent.alias)
+        touched = parent.child_touched_inherited()
+        return {"child_touched_inherited": touched, **own_session(parent.alias)}
 
     parent.before_fork()
     return {**run_child(work, fork), **parent.check()}
@@ -254,16 +293,11 @@ def fork_in_atomic(parent: Parent, fork: Fork = os.fork) -> Observations:
     return observations
 
 
-def other_thread(
-    alias: str,
-    on_server: Callable[[int], bool] | None = None,
-    fork: Fork = os.fork,
-    then: Callable[[], Observations] = dict,
-) -> Observations:
+def other_thread(alias: str, on_server: Callable[[int], bool] | None = None, fork: Fork = os.fork) -> Observations:
     """Another thread holds a connection when the main thread forks. In the
     child, CPython destroys that thread's state and with it the thread-local
     wrapper; the child's garbage collection then frees the connection. The
-    parent observed is that thread's; the child then does `then`."""
+    parent observed is that thread's; the child then uses the database."""
     opened, forked = threading.Event(), threading.Event()
     observations: Observations = {}
 
@@ -285,7 +319,7 @@ def other_thread(
 
     def work() -> Observations:
         gc.collect()  # Frees what CPython's fork left of the other thread.
-        return then()
+        return own_session(alias)
 
     child = run_child(work, fork)
     forked.set()
@@ -293,13 +327,21 @@ def other_thread(
     return {**child, **observations}
 
 
-# For forksafe_check: each hazard on one alias, in a fresh process.
+def _watched(alias: str) -> Parent:
+    return Parent(alias, server_lists(alias))
+
+
+# For forksafe_check: each hazard on one alias, in a fresh process. A fork
+# behind Python's back is uWSGI's (workers, mules, spooler) and a C
+# extension's: no at-fork handler runs in the child.
 HAZARDS: dict[str, Callable[[str], Observations]] = {
-    "child closes": lambda alias: child_closes(Parent(alias)),
-    "child exits": lambda alias: child_exits(Parent(alias)),
-    "concurrent use": lambda alias: concurrent_use(Parent(alias)),
-    "fork inside atomic": lambda alias: fork_in_atomic(Parent(alias)),
-    "other thread's connection": other_thread,
+    "child closes": lambda alias: child_closes(_watched(alias)),
+    "child exits": lambda alias: child_exits(_watched(alias)),
+    "concurrent use": lambda alias: concurrent_use(_watched(alias)),
+    "fork inside atomic": lambda alias: fork_in_atomic(_watched(alias)),
+    "other thread's connection": lambda alias: other_thread(alias, server_lists(alias)),
+    "child exits, libc fork": lambda alias: child_exits(_watched(alias), libc_fork),
+    "fork inside atomic, libc fork": lambda alias: fork_in_atomic(_watched(alias), libc_fork),
 }
 
 
@@ -321,8 +363,12 @@ def verdict(observations: Observations) -> dict[str, Any]:
         return {"safe": False, "detail": "parent was reconnected to a new session"}
     if observations.get("parent_probe") != PROBE_VALUE:
         return {"safe": False, "detail": "parent lost its temporary table"}
-    if any(observations["parent_session"] in child.get("sessions", []) for child in children):
-        return {"safe": False, "detail": "child ran on the parent's session"}
+    if observations.get("parent_session_on_server") is False:
+        return {"safe": False, "detail": "the server no longer lists the parent's session"}
+    for child in children:
+        sessions = [*child.get("sessions", []), *([child["child_session"]] if "child_session" in child else [])]
+        if observations["parent_session"] in sessions:
+            return {"safe": False, "detail": "child ran on the parent's session"}
     if observations.get("parent_row_committed"):
         return {"safe": False, "detail": "child committed the parent's transaction"}
     return {"safe": True, "detail": "parent kept its session"}

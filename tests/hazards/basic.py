@@ -9,17 +9,36 @@ import threading
 from collections.abc import Callable
 
 from django_forksafe import hazards
-from django_forksafe.hazards import Parent, run_child, session_id
+from django_forksafe.hazards import Parent, own_session, run_child, session_id
 from tests import dbconfig
-from tests.hazards.common import Monitor, Result, child_session, parent_of, setup
+from tests.hazards.common import Monitor, Result, parent_of, setup
+
+
+def _close(alias: str) -> None:
+    from django.db import connections
+
+    connections[alias].close()
+
+
+def _close_old_connections(alias: str) -> None:
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+# What a child does to let go of the connection it inherited: close(),
+# close_all() or close_old_connections() (with the default CONN_MAX_AGE=0
+# the connection is obsolete, so Django closes it).
+CLEANUPS: dict[str, Callable[[str], None]] = {
+    "close": _close,
+    "close_all": hazards.close_all,
+    "close_old_connections": _close_old_connections,
+}
 
 
 def child_cleanup(cleanup: str) -> Callable[[str, str], Result]:
-    """close(), close_all() or close_old_connections() (with the default
-    CONN_MAX_AGE=0 the connection is obsolete, so Django closes it)."""
-
     def scenario(vendor: str, engine: str) -> Result:
-        return hazards.child_closes(parent_of(setup(vendor, engine)), cleanup)
+        return hazards.child_closes(parent_of(setup(vendor, engine)), CLEANUPS[cleanup])
 
     return scenario
 
@@ -28,7 +47,7 @@ def child_queries(vendor: str, engine: str) -> Result:
     """The child uses the database: it must get a session of its own."""
     monitor = setup(vendor, engine)
     parent = parent_of(monitor)
-    result = run_child(child_session)
+    result = run_child(own_session)
     return {**result, **parent.check(), "parent_session": parent.session_id}
 
 
@@ -63,7 +82,7 @@ def child_exits(vendor: str, engine: str, fork: hazards.Fork = os.fork) -> Resul
 
 def other_thread(vendor: str, engine: str) -> Result:
     monitor = setup(vendor, engine)
-    return hazards.other_thread("default", monitor.alive if monitor else None, then=child_session)
+    return hazards.other_thread("default", monitor.alive if monitor else None)
 
 
 def concurrent(vendor: str, engine: str, fork: hazards.Fork = os.fork) -> Result:

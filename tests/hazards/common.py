@@ -14,7 +14,7 @@ from typing import Any
 import django
 from django.conf import settings
 
-from django_forksafe.hazards import Parent, session_id
+from django_forksafe.hazards import SESSION_LISTED_SQL, Parent
 from tests import dbconfig
 from tests.backends import backend_of
 
@@ -74,11 +74,7 @@ class Monitor:
             cursor.close()
 
     def alive(self, session_id: int) -> bool:
-        if self.vendor == "mysql":
-            sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s"
-        else:
-            sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s"
-        return bool(self.query(sql, (session_id,))[0][0])
+        return bool(self.query(SESSION_LISTED_SQL[self.vendor], (session_id,))[0][0])
 
     def client_ports(self) -> dict[int, int]:
         """The client's TCP port of each session on our test database."""
@@ -162,11 +158,3 @@ def parent_of(monitor: Monitor | None, alias: str = "default") -> Parent:
     return Parent(alias, monitor.alive if monitor is not None else None)
 
 
-def child_session(first: Callable[[], object] = lambda: None) -> Result:
-    """The child's own use of the database, after `first`."""
-    from django.db.backends.signals import connection_created
-
-    created: list[int] = []
-    connection_created.connect(lambda **kwargs: created.append(os.getpid()), weak=False)
-    first()
-    return {"child_session": session_id(), "connection_created_in_child": created == [os.getpid()]}

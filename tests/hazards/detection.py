@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_forksafe.hazards import Parent, child_report, libc_fork, run_child, session_id
-from tests.hazards.common import Result, child_session, parent_of, setup
+from django_forksafe.hazards import Parent, child_report, libc_fork, own_session, run_child, session_id
+from tests.hazards.common import Result, parent_of, setup
 
 
 def _drop_then_request(parent: Parent) -> None:
@@ -118,7 +118,7 @@ def libc_fork_then(trigger: str) -> Callable[[str, str], Result]:
         parent = parent_of(monitor)
 
         def work() -> Result:
-            return child_session(first=lambda: LIBC_FORK_TRIGGERS[trigger](parent))
+            return own_session(first=lambda: LIBC_FORK_TRIGGERS[trigger](parent))
 
         result = run_child(work, fork=libc_fork)
         return {**result, **parent.check(), "parent_session": parent.session_id}
@@ -208,7 +208,7 @@ def registry_lock_held_at_fork(vendor: str, engine: str) -> Result:
             read_end, write_end = os.pipe()
             pid = libc_fork()
             if pid == 0:
-                os.write(write_end, json.dumps(child_session()).encode())
+                os.write(write_end, json.dumps(own_session()).encode())
                 os._exit(0)
             os.close(write_end)
             return child_report(pid, read_end, timeout=30)
@@ -241,7 +241,7 @@ def signal_lock_held_at_fork(vendor: str, engine: str) -> Result:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.write(write_end, json.dumps(child_session()).encode())
+            os.write(write_end, json.dumps(own_session()).encode())
             os._exit(0)
         os.close(write_end)
         result = child_report(pid, read_end, timeout=30)
@@ -279,6 +279,6 @@ def out_of_descriptors(vendor: str, engine: str) -> Result:
         holds_inherited = id(connection.connection) == parent.raw_id
         for fd in filler:
             os.close(fd)
-        return {"first_query": first_query, "holds_inherited": holds_inherited, **child_session()}
+        return {"first_query": first_query, "holds_inherited": holds_inherited, **own_session()}
 
     return {**run_child(work, fork=libc_fork), **parent.check()}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from django_forksafe.hazards import run_child
-from tests.hazards.common import Result, child_session, parent_of, setup
+from django_forksafe.hazards import own_session, run_child
+from tests.hazards.common import Result, parent_of, setup
 
 SPATIAL_SQL = {
     "mysql": "SELECT ST_AsText(ST_Buffer(ST_GeomFromText('POINT(1 2)'), 0))",
@@ -34,7 +34,7 @@ def gis(vendor: str, engine: str) -> Result:
 
     def work() -> Result:
         connection.close()
-        session = child_session()
+        session = own_session()
         return {"child_spatial": spatial_query(), **session}
 
     result = {**run_child(work), **parent.check(), "parent_session": parent.session_id}
