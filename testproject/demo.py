@@ -91,11 +91,11 @@ def main() -> None:
                 print(f"  failed: {result.get('error')}")
                 break
         else:
-            print(f"  {'hazard':<27} {'django.db.backends':<58} django_forksafe.backends")
+            print(f"  {'hazard':<30} {'django.db.backends':<58} django_forksafe.backends")
             for mine, theirs in zip(plain["hazards"], forksafe["hazards"], strict=True):
-                print(f"  {mine['hazard']:<27} {cell(mine)[:56]:<58} {cell(theirs)}")
+                print(f"  {mine['hazard']:<30} {cell(mine)[:56]:<58} {cell(theirs)}")
             fanouts = [fanout(vendor, engine) for engine in ("plain", "forksafe")]
-            print(f"  {'ORM in a process pool':<27} {fanouts[0][:56]:<58} {fanouts[1]}")
+            print(f"  {'ORM in a process pool':<30} {fanouts[0][:56]:<58} {fanouts[1]}")
 
 
 if __name__ == "__main__":
