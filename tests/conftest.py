@@ -30,12 +30,22 @@ if expected_django and django.VERSION[:2] != tuple(map(int, expected_django.spli
     )
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests import dbconfig
+
+    for vendor in dbconfig.SERVER_VENDORS:
+        if dbconfig.unreachable_reason(vendor) is None:
+            dbconfig.create_test_database(vendor)
+
+
 def pytest_report_header() -> list[str]:
+    from tests import dbconfig
     from tests.programs import SEED
 
     return [
         f"django-forksafe from {django_forksafe.__file__}",
         f"random load seed: FORKSAFE_SEED={SEED}",
+        f"test database: {dbconfig.test_database()}",
     ]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
 from typing import Any
 
 from tests.backends import BACKENDS, backend_of
@@ -13,15 +15,18 @@ SERVER_VENDORS = ("mysql", "postgresql")
 VENDORS = (*SERVER_VENDORS, "sqlite3")
 
 _PREFIX = {"mysql": "FORKSAFE_MYSQL_", "postgresql": "FORKSAFE_PG_"}
+
+
+def test_database() -> str:
+    """The database the suite works in, on both servers: FORKSAFE_TEST_DATABASE
+    (tox gives each environment its own, so that environments run at once
+    never count each other's sessions), else "test"."""
+    return re.sub(r"\W", "_", os.environ.get("FORKSAFE_TEST_DATABASE") or "test").lower()[:60]
+
+
 _DEFAULTS = {
-    "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "root", "PASSWORD": "", "NAME": "test"},
-    "postgresql": {
-        "HOST": "127.0.0.1",
-        "PORT": "5432",
-        "USER": "postgres",
-        "PASSWORD": "",
-        "NAME": "test",
-    },
+    "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "root", "PASSWORD": ""},
+    "postgresql": {"HOST": "127.0.0.1", "PORT": "5432", "USER": "postgres", "PASSWORD": ""},
 }
 
 
@@ -41,8 +46,29 @@ def server(vendor: str) -> dict[str, str]:
     """HOST, PORT, USER, PASSWORD and NAME of the vendor's test server."""
     return {
         key: os.environ.get(_PREFIX[vendor] + key, default)
-        for key, default in _DEFAULTS[vendor].items()
+        for key, default in {**_DEFAULTS[vendor], "NAME": test_database()}.items()
     }
+
+
+def create_test_database(vendor: str) -> None:
+    """Create the vendor's test database if the server lacks it (with the
+    server's client program, installed by tests/machine/setup.sh)."""
+    config = server(vendor)
+    name = config["NAME"]
+    if vendor == "mysql":
+        command = ["mariadb", "-h", config["HOST"], "-P", config["PORT"], "-u", config["USER"],
+                   "-e", f"CREATE DATABASE IF NOT EXISTS `{name}`"]
+        env = {**os.environ, "MYSQL_PWD": config["PASSWORD"]}
+    else:
+        command = ["psql", "-h", config["HOST"], "-p", config["PORT"], "-U", config["USER"], "-d", "postgres",
+                   "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"]
+        env = {**os.environ, "PGPASSWORD": config["PASSWORD"]}
+        if subprocess.run(command, env=env, capture_output=True, text=True).stdout.strip() == "1":
+            return
+        command[-2:] = ["-c", f'CREATE DATABASE "{name}"']
+    process = subprocess.run(command, env=env, capture_output=True, text=True)
+    if process.returncode != 0 and "already exists" not in process.stderr:
+        raise RuntimeError(f"could not create the test database {name!r} on {vendor}: {process.stderr.strip()}")
 
 
 def unreachable_reason(vendor: str) -> str | None:

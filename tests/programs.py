@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -68,6 +69,11 @@ def project_env(vendor: str, engine: str, **extra: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
         "FORKSAFE_DB": vendor,
         "FORKSAFE_ENGINE": engine,
+        # The suite's databases: its own on the servers, and a SQLite file
+        # of its own (not the one `make demo` leaves in testproject/).
+        "FORKSAFE_MYSQL_NAME": dbconfig.server("mysql")["NAME"],
+        "FORKSAFE_PG_NAME": dbconfig.server("postgresql")["NAME"],
+        "FORKSAFE_SQLITE_NAME": os.path.join(tempfile.gettempdir(), f"forksafe-{dbconfig.test_database()}.sqlite3"),
         **extra,
     }
 

@@ -254,7 +254,8 @@ def test_control_gunicorn_preload_asgi(tmp_path: Path) -> None:
 
 # Django's parallel test runner ---------------------------------------------
 
-TEST_DB = "forksafe_parallel"  # Not "test": pytest-django's test_test may be in use.
+# Not the suite's database: pytest-django's test_<that> may be in use.
+TEST_DB = f"{dbconfig.test_database()}_parallel"
 
 
 def server_databases(vendor: str) -> set[str]:

@@ -2,7 +2,8 @@
 A small real project on the forksafe ENGINEs.
 
 FORKSAFE_DB: sqlite3 (default), mysql or postgresql; servers are configured
-by FORKSAFE_MYSQL_* / FORKSAFE_PG_* (HOST, PORT, USER, PASSWORD, NAME).
+by FORKSAFE_MYSQL_* / FORKSAFE_PG_* (HOST, PORT, USER, PASSWORD, NAME);
+SQLite's file is FORKSAFE_SQLITE_NAME (default: testproject/db.sqlite3).
 FORKSAFE_ENGINE: forksafe (default) or plain, Django's own ENGINE.
 django-rq and huey are used when installed (Redis on 127.0.0.1:6379): the
 queue is named by FORKSAFE_RQ_QUEUE / FORKSAFE_HUEY_NAME.
@@ -74,7 +75,7 @@ _prefix = {"mysql": "FORKSAFE_MYSQL_", "postgresql": "FORKSAFE_PG_"}.get(_vendor
 _defaults = {
     "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "root", "NAME": "test"},
     "postgresql": {"HOST": "127.0.0.1", "PORT": "5432", "USER": "postgres", "NAME": "test"},
-}.get(_vendor, {"NAME": str(BASE_DIR / "db.sqlite3")})
+}.get(_vendor, {"NAME": os.environ.get("FORKSAFE_SQLITE_NAME", str(BASE_DIR / "db.sqlite3"))})
 
 DATABASES = {
     "default": {
