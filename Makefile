@@ -39,8 +39,10 @@ $(VENV)/bin/tox: $(VENV)/bin/python
 demo: machine $(VENV)/.demo
 	$(VENV)/bin/python testproject/demo.py
 
+# Two environments at a time, the longest first: each works in a database of
+# its own (tests/dbconfig.py) and mostly waits for its children and servers.
 test: machine $(VENV)/bin/tox
-	$(VENV)/bin/tox run -q -e $(TEST_ENVS)
+	$(VENV)/bin/tox run-parallel -p 2 --parallel-no-spinner -q -e $(TEST_ENVS)
 
 # The pure functions and the tripwires on Django: no server, seconds.
 unit: $(VENV)/bin/tox
