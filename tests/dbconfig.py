@@ -19,9 +19,13 @@ _PREFIX = {"mysql": "FORKSAFE_MYSQL_", "postgresql": "FORKSAFE_PG_"}
 
 def test_database() -> str:
     """The database the suite works in, on both servers: FORKSAFE_TEST_DATABASE
-    (tox gives each environment its own, so that environments run at once
-    never count each other's sessions), else "test"."""
-    return re.sub(r"\W", "_", os.environ.get("FORKSAFE_TEST_DATABASE") or "test").lower()[:60]
+    (tox gives each environment its own), else "test"; with pytest-xdist, one
+    for each worker. Suites run at once never count each other's sessions."""
+    name = os.environ.get("FORKSAFE_TEST_DATABASE") or "test"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        name = f"{name}_{worker}"
+    return re.sub(r"\W", "_", name).lower()[:60]
 
 
 _DEFAULTS = {
