@@ -230,6 +230,9 @@ descriptor_table_size(void)
     int size = 0, digits = 0;
     for (const char *c = field + 8; *c == ' ' || *c == '\t' || (*c >= '0' && *c <= '9'); c++) {
         if (*c >= '0' && *c <= '9') {
+            if (size > INT_MAX / 10 - 10) {
+                return -1;  /* Not a size a descriptor table has. */
+            }
             size = size * 10 + (*c - '0');
             digits++;
         }
@@ -258,20 +261,24 @@ silence_in_child(void)
         goto done;
     }
     struct pollfd batch[256];
-    for (int first = 0; first < table_size; first += 256) {
-        int count = table_size - first < 256 ? table_size - first : 256;
-        for (int i = 0; i < count; i++) {
-            batch[i].fd = first + i;
+    const nfds_t batch_size = sizeof(batch) / sizeof(batch[0]);
+    for (int first = 0; first < table_size; first += (int)batch_size) {
+        nfds_t count = (nfds_t)(table_size - first);
+        if (count > batch_size) {
+            count = batch_size;
+        }
+        for (nfds_t i = 0; i < count; i++) {
+            batch[i].fd = first + (int)i;
             batch[i].events = 0;
             batch[i].revents = 0;
         }
-        if (poll(batch, (nfds_t)count, 0) < 0) {
+        if (poll(batch, count, 0) < 0) {
             scan_failed = 1;
             break;
         }
-        for (int i = 0; i < count; i++) {
+        for (nfds_t i = 0; i < count; i++) {
             if (!(batch[i].revents & POLLNVAL)) {
-                silence_if_database(first + i, &dead, &made_here);
+                silence_if_database(batch[i].fd, &dead, &made_here);
             }
         }
     }

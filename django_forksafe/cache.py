@@ -87,7 +87,10 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         try:
             return self._forksafe_client
         except AttributeError:
-            return self._forksafe_connect()
+            pass
+        # Outside the except block: an error of the client's own is not
+        # reported as raised while handling our AttributeError.
+        return self._forksafe_connect()
 
     @_cache.setter
     def _cache(self, client: Any) -> None:
