@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests import dbconfig
-from tests.tls import Unavailable, free_port, terminate, wait_for_port
+from tests.programs import free_port
+from tests.tls import Unavailable, terminate, wait_for_port
 
 
 @contextmanager

@@ -19,15 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.programs import free_port
+
 
 class Unavailable(Exception):
     """What the machine lacks to run a TLS server (the message says)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, log: Path) -> None:
