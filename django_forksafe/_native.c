@@ -27,6 +27,12 @@
  * It also carries the process mark (django_forksafe.detection): a byte on a
  * MADV_WIPEONFORK page, zeroed by the kernel in every child, read here with
  * one load and no Python arithmetic.
+ *
+ * The rest is for the registry, called from Python with the GIL held, where
+ * C saves a child its first use's page faults: is_database_socket(), the
+ * peer check of a new connection (one getpeername(), no allocation), and
+ * keep_forever(), the reference that keeps an inherited raw connection
+ * from ever being freed.
  */
 
 #define PY_SSIZE_T_CLEAN
