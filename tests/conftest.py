@@ -35,7 +35,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     for vendor in dbconfig.SERVER_VENDORS:
         if dbconfig.unreachable_reason(vendor) is None:
-            dbconfig.create_test_database(vendor)
+            try:
+                dbconfig.create_test_database(vendor)
+            except RuntimeError as error:  # Said plainly, not as pytest's INTERNALERROR.
+                pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def pytest_report_header() -> list[str]:

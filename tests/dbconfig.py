@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 from typing import Any
@@ -59,6 +60,12 @@ def create_test_database(vendor: str) -> None:
     server's client program, installed by tests/machine/setup.sh)."""
     config = server(vendor)
     name = config["NAME"]
+    client = "mariadb" if vendor == "mysql" else "psql"
+    if shutil.which(client) is None:
+        raise RuntimeError(
+            f"creating the test database {name!r} on {vendor} needs the {client} client "
+            "(make machine installs it); or create the database yourself"
+        )
     if vendor == "mysql":
         command = ["mariadb", "-h", config["HOST"], "-P", config["PORT"], "-u", config["USER"],
                    "-e", f"CREATE DATABASE IF NOT EXISTS `{name}`"]
