@@ -67,11 +67,11 @@ def create_test_database(vendor: str) -> None:
             "(make machine installs it); or create the database yourself"
         )
     if vendor == "mysql":
-        command = ["mariadb", "-h", config["HOST"], "-P", config["PORT"], "-u", config["USER"],
+        command = [client, "-h", config["HOST"], "-P", config["PORT"], "-u", config["USER"],
                    "-e", f"CREATE DATABASE IF NOT EXISTS `{name}`"]
         env = {**os.environ, "MYSQL_PWD": config["PASSWORD"]}
     else:
-        command = ["psql", "-h", config["HOST"], "-p", config["PORT"], "-U", config["USER"], "-d", "postgres",
+        command = [client, "-h", config["HOST"], "-p", config["PORT"], "-U", config["USER"], "-d", "postgres",
                    "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"]
         env = {**os.environ, "PGPASSWORD": config["PASSWORD"]}
         if subprocess.run(command, env=env, capture_output=True, text=True).stdout.strip() == "1":
