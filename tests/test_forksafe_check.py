@@ -14,6 +14,7 @@ from django_forksafe.checks import check_mechanism
 from django_forksafe.hazards import HAZARDS
 from tests import IMPORT_PATH, dbconfig
 from tests.programs import PROJECT, free_port, manage, prepare, project_env, require
+from tests.utils import require_native
 
 # What Django's plain ENGINE leaves open for certain, per vendor.
 DETERMINISTIC = {
@@ -95,6 +96,7 @@ def test_unknown_alias() -> None:
 
 
 def test_system_check_warns_about_plain_engine() -> None:
+    require_native()  # Else I001 says the extension is not in use.
     plain = manage("sqlite3", "plain", "check", check=False, timeout=600)
     assert "(django_forksafe.W001) Database 'default' uses ENGINE 'django.db.backends.sqlite3'" in plain.stderr
     assert "HINT: Use ENGINE = 'django_forksafe.backends.sqlite3'." in plain.stderr
@@ -115,6 +117,7 @@ def test_info_check_says_when_the_c_extension_is_not_in_use() -> None:
 
 
 def test_mechanism_follows_the_switch() -> None:
+    require_native()
     # What forksafe_check prints as "Mechanism:".
     for native, expected in (("1", "C extension"), ("0", "pure Python")):
         process = subprocess.run(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests import dbconfig
-from tests.utils import require_server
+from tests.utils import require_native, require_server
 from tests.wire import children_on_the_wire
 
 
@@ -24,6 +24,7 @@ def server(vendor: str) -> str:
 @pytest.mark.parametrize("vendor", dbconfig.SERVER_VENDORS)
 def test_not_a_byte_on_the_parents_connections(vendor: str) -> None:
     """With the C extension, whatever made the fork."""
+    require_native()
     seen = children_on_the_wire(server(vendor), "forksafe")
     assert seen["packets"] == []
     assert seen["after"] == seen["before"]

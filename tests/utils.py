@@ -37,6 +37,15 @@ def require_server(vendor: str) -> None:
         skip_or_fail(reason)
 
 
+def require_native() -> None:
+    """Skip (fail in CI) where the C extension is not built (no compiler),
+    for a test of what only it does; the pure-Python path has tests of its own."""
+    import importlib.util
+
+    if importlib.util.find_spec("django_forksafe._native") is None:
+        skip_or_fail("needs the C extension django_forksafe._native, not built here (no C compiler?)")
+
+
 def require_modules(*names: str) -> None:
     """Skip (fail in CI) when a package the test needs is not installed."""
     for name in names:
