@@ -32,6 +32,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -199,7 +200,14 @@ class Parent:
             observations["parent_error"] = f"{type(exc).__name__}: {exc}"
         observations["parent_same_raw"] = id(connection(self.alias).connection) == self.raw_id
         if self.on_server is not None:
-            observations["parent_session_on_server"] = self.on_server(self.session_id)
+            listed = self.on_server(self.session_id)
+            # A server ends the session of a client it lost asynchronously:
+            # once the parent has seen it lost, the server is given a moment.
+            deadline = time.monotonic() + 5
+            while listed and observations["parent_error"] is not None and time.monotonic() < deadline:
+                time.sleep(0.05)  # Polling the server, bounded.
+                listed = self.on_server(self.session_id)
+            observations["parent_session_on_server"] = listed
         return observations
 
 
