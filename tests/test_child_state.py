@@ -196,3 +196,42 @@ def test_control_endpoints_raw_connection_closed_by_child(scenario: str, vendor:
     result = run(scenario, vendor, control)
     assert any(message in result["raw_error"] for message in LOST_SESSION), result
     assert not result["raw_session_on_server"]
+
+
+def test_c_scan_reaches_every_descriptor_number() -> None:
+    """The fork handler's bound on descriptor numbers (select()'s probe of the
+    table's end, /proc/self/status above 8192) lies above every inherited
+    socket, whatever its number: each is dead in the child before it runs."""
+    import os
+    import resource
+    import socket
+
+    from django_forksafe import sockets
+    from django_forksafe.detection import NATIVE
+
+    require_native()
+    assert NATIVE is not None
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    numbers = [n for n in (63, 64, 65, 200, 256, 300, 1000, 5000, 8192, 8193, 12000) if n < limit]
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert sockets.remember_server("127.0.0.1", server.getsockname()[1])
+        with socket.create_connection(server.getsockname()) as client:
+            for number in numbers:
+                os.dup2(client.fileno(), number, inheritable=False)
+                reading, writing = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover (the child)
+                    try:
+                        with socket.socket(fileno=os.dup(number)) as inherited:
+                            peer = inherited.getpeername()
+                        silenced, complete = NATIVE.last_fork()
+                        os.write(writing, repr((peer, silenced >= 2, complete)).encode())
+                    finally:
+                        os._exit(0)
+                os.close(writing)
+                with os.fdopen(reading) as report:
+                    seen = report.read()
+                os.waitpid(pid, 0)
+                os.close(number)
+                # An unnamed Unix socket (the dead end) where the connection was.
+                assert seen == repr(("", True, True)), (number, seen)
