@@ -16,7 +16,7 @@ PostgreSQL and 200 more open descriptors (files, as a real server has).
   is possible), and against closing every connection before each fork (what
   RQ, django-q and Celery's fixup do: the parent reconnects after).
 
-    python -m tests.benchmarks.forks [--rounds 7]
+    python -m tests.benchmarks.forks [--rounds 7] [--job fork-and-exit ...]
 """
 
 from __future__ import annotations
@@ -117,10 +117,12 @@ def compare(job: str, rounds: int, forks: int) -> dict[str, tuple[float, float]]
     }
 
 
-def report(rounds: int) -> None:
+def report(rounds: int, jobs: list[str]) -> None:
     print(f"a fork with {ALIASES} aliases on PostgreSQL and {DESCRIPTORS} more descriptors, "
           f"µs (median of {rounds} alternating rounds), wall clock [child's CPU]:")
     for job, forks in (("fork-and-exit", 300), ("subprocess.run", 300), ("fork-and-query", 60)):
+        if job not in jobs:
+            continue
         medians = compare(job, rounds, forks)
         base, base_cpu = medians[JOBS[job][0]]
         print(f"  {job}: " + ", ".join(
@@ -133,6 +135,7 @@ def report(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--job", action="append", choices=list(JOBS), help="only this job (repeatable)")
     parser.add_argument("--measure", nargs=4, metavar=("JOB", "ENGINE", "AROUND", "FORKS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -142,7 +145,7 @@ def main() -> None:
     reason = dbconfig.unreachable_reason("postgresql")
     if reason:
         sys.exit(reason)
-    report(args.rounds)
+    report(args.rounds, args.job or list(JOBS))
 
 
 if __name__ == "__main__":
