@@ -235,3 +235,44 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
                 os.close(number)
                 # An unnamed Unix socket (the dead end) where the connection was.
                 assert seen == repr(("", True, True)), (number, seen)
+
+
+NO_PROC_CHILD = """
+import os, socket
+from django_forksafe import sockets
+from django_forksafe.detection import NATIVE
+assert not os.listdir("/proc")
+with socket.create_server(("127.0.0.1", 0)) as server:
+    sockets.remember_server("127.0.0.1", server.getsockname()[1])
+    with socket.create_connection(server.getsockname()) as client:
+        pid = os.fork()
+        if pid == 0:
+            with socket.socket(fileno=os.dup(client.fileno())) as inherited:
+                print(NATIVE.last_fork(), repr(inherited.getpeername()), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+"""
+
+
+def test_c_scan_needs_no_proc() -> None:
+    """Below 8192 descriptors the fork handler needs no /proc (a chroot or a
+    container without it): here /proc is an empty tmpfs, in a mount
+    namespace of the test's own (root and util-linux's unshare)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.utils import skip_or_fail
+
+    require_native()
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        skip_or_fail("needs root and unshare (util-linux) for a mount namespace without /proc")
+    script = f"mount -t tmpfs none /proc && exec {sys.executable} -c '{NO_PROC_CHILD}'"
+    # From /: the installed package, not the source tree's.
+    process = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    assert process.returncode == 0, process.stderr
+    # Complete, one silenced: the inherited socket is the dead end (unnamed).
+    assert process.stdout == "(1, True) ''\n", process.stdout
