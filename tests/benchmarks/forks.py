@@ -117,7 +117,7 @@ def compare(job: str, rounds: int, forks: int) -> dict[str, tuple[float, float]]
     }
 
 
-def report(rounds: int, jobs: list[str]) -> None:
+def report(rounds: int, jobs: tuple[str, ...] = tuple(JOBS)) -> None:
     print(f"a fork with {ALIASES} aliases on PostgreSQL and {DESCRIPTORS} more descriptors, "
           f"µs (median of {rounds} alternating rounds), wall clock [child's CPU]:")
     for job, forks in (("fork-and-exit", 300), ("subprocess.run", 300), ("fork-and-query", 60)):
@@ -145,7 +145,7 @@ def main() -> None:
     reason = dbconfig.unreachable_reason("postgresql")
     if reason:
         sys.exit(reason)
-    report(args.rounds, args.job or list(JOBS))
+    report(args.rounds, tuple(args.job or JOBS))
 
 
 if __name__ == "__main__":
