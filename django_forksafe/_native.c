@@ -89,6 +89,19 @@ static volatile unsigned char *mark_page;
 static unsigned char mark_fallback = 1;  /* if MADV_WIPEONFORK is refused */
 static int mark_wipes_on_fork;
 
+/* memcmp() == 0, written out: in a new process, the C library's memcmp()
+ * would cost the handler a page fault (its code page is not mapped yet). */
+static inline int
+same_bytes(const unsigned char *a, const unsigned char *b, size_t length)
+{
+    for (size_t i = 0; i < length; i++) {
+        if (a[i] != b[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static int
 is_database_peer(const struct sockaddr_storage *peer, socklen_t length)
 {
@@ -142,18 +155,18 @@ is_database_peer(const struct sockaddr_storage *peer, socklen_t length)
         if (family == AF_UNIX) {
             if (endpoint->suffix) {
                 if (address_length >= endpoint->length
-                    && memcmp(address + address_length - endpoint->length,
-                              endpoint->address, endpoint->length) == 0) {
+                    && same_bytes(address + address_length - endpoint->length,
+                                  endpoint->address, endpoint->length)) {
                     return 1;
                 }
             }
             else if (endpoint->length == address_length
-                     && memcmp(endpoint->address, address, address_length) == 0) {
+                     && same_bytes(endpoint->address, address, address_length)) {
                 return 1;
             }
         }
         else if (endpoint->port == port && endpoint->length == address_length
-                 && memcmp(endpoint->address, address, address_length) == 0) {
+                 && same_bytes(endpoint->address, address, address_length)) {
             return 1;
         }
     }

@@ -17,13 +17,15 @@ mark is read in C.
 
 from __future__ import annotations
 
-import mmap
 import os
 from types import ModuleType
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-# Not exported by CPython's mmap module on every build (<linux/mman.h>: 18).
-MADV_WIPEONFORK: Final = getattr(mmap, "MADV_WIPEONFORK", 18)
+if TYPE_CHECKING:
+    import mmap
+
+# <linux/mman.h>; not exported by CPython's mmap module on every build.
+_MADV_WIPEONFORK: Final = 18
 WIPEONFORK: Final = "MADV_WIPEONFORK"
 GETPID: Final = "getpid"
 
@@ -80,11 +82,15 @@ class PidMark:
 
 def wipe_on_fork_page() -> mmap.mmap | None:
     """An armed page the kernel zeroes in every child, or None if refused."""
+    # Imported here: with the C extension, whose page this is, a process
+    # does without the module (each mapping makes every fork() dearer).
+    import mmap
+
     if not hasattr(mmap, "MAP_ANONYMOUS") or not hasattr(mmap.mmap, "madvise"):
         return None
     page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
-        page.madvise(MADV_WIPEONFORK)
+        page.madvise(getattr(mmap, "MADV_WIPEONFORK", _MADV_WIPEONFORK))
     except OSError:  # EINVAL: a kernel before 4.14, or not Linux.
         page.close()
         return None

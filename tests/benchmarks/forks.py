@@ -2,8 +2,12 @@
 What a fork costs with the forksafe ENGINEs, against Django's.
 
 The C extension acts in every fork of a process that imported it, so each
-variant runs in a process of its own; rounds alternate between them and
-the medians are compared. A process holds 10 aliases connected to
+variant runs in a process of its own. Each variant is measured in pairs
+with the job's baseline: the two processes of a round take turns, a sixth
+of the jobs each at a time, so that the machine's drift (this VM's speed
+moves by a tenth within minutes) touches both alike; each round starts new
+ones.
+A process holds 10 aliases connected to
 PostgreSQL and 200 more open descriptors (files, as a real server has).
 
 - fork-and-exit: fork, the child calls os._exit(0), the parent waits. The
@@ -31,6 +35,7 @@ import time
 from tests import dbconfig
 
 ALIASES, DESCRIPTORS = 10, 200
+TURNS = 6  # Per process and round: each takes a sixth of the jobs in a row.
 VARIANTS = {
     # name: (ENGINE, environment, what the job does around the fork)
     "plain": ("plain", {}, "nothing"),
@@ -46,10 +51,11 @@ JOBS = {
 }
 
 
-def measure(job: str, engine: str, around: str, forks: int) -> tuple[float, float]:
-    """In this process: the median microseconds of `forks` jobs, wall clock
-    and the child's CPU (user and system, from wait4(): the kernel's exit
-    and the page faults included, the parent's share of fork() not)."""
+def serve(job: str, engine: str, around: str) -> None:
+    """In this process: one job per line read from stdin, answered with its
+    microseconds, wall clock and the child's CPU (user and system, from
+    wait4(): the kernel's exit and the page faults included, the parent's
+    share of fork() not)."""
     import django
     from django.conf import settings
 
@@ -91,26 +97,54 @@ def measure(job: str, engine: str, around: str, forks: int) -> tuple[float, floa
 
     for _ in range(5):
         one()
-    samples = [one() for _ in range(forks)]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        block = [one() for _ in range(int(line))]
+        print(" ".join(f"{wall * 1e6:.1f},{cpu * 1e6:.1f}" for wall, cpu in block), flush=True)
     for fd in files:
         os.close(fd)
     connections.close_all()
-    return statistics.median(wall for wall, _ in samples) * 1e6, statistics.median(cpu for _, cpu in samples) * 1e6
 
 
-def compare(job: str, rounds: int, forks: int) -> dict[str, tuple[float, float]]:
-    """Median over rounds of each variant's medians, alternating variants."""
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in JOBS[job]}
-    for round_number in range(rounds):
-        order = JOBS[job] if round_number % 2 == 0 else tuple(reversed(JOBS[job]))
-        for name in order:
+def lockstep(job: str, names: tuple[str, str], rounds: int, forks: int) -> dict[str, tuple[float, float]]:
+    """Each round starts a process for each of two variants; they take
+    turns, a sixth of the jobs at a time (in alternating order), so that the
+    machine's drift touches both alike while each runs warm, as a job runner
+    does. Median over rounds of each process's medians."""
+    block = max(1, forks // TURNS)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for _ in range(rounds):
+        processes = {}
+        for name in names:
             engine, env, around = VARIANTS[name]
-            process = subprocess.run(
-                [sys.executable, "-m", "tests.benchmarks.forks", "--measure", job, engine, around, str(forks)],
-                capture_output=True, text=True, check=True, env={**os.environ, **env},
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "tests.benchmarks.forks", "--serve", job, engine, around],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env},
             )
-            wall, cpu = process.stdout.split()[-2:]
-            results[name].append((float(wall), float(cpu)))
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        try:
+            for process in processes.values():
+                assert process.stdout is not None and process.stdout.readline() == "ready\n"
+            for turn in range(TURNS):
+                for name in names if turn % 2 == 0 else reversed(names):
+                    process = processes[name]
+                    assert process.stdin is not None and process.stdout is not None
+                    process.stdin.write(f"{block}\n")
+                    process.stdin.flush()
+                    for sample in process.stdout.readline().split():
+                        wall, cpu = sample.split(",")
+                        samples[name].append((float(wall), float(cpu)))
+        finally:
+            for process in processes.values():
+                assert process.stdin is not None
+                process.stdin.close()
+            for process in processes.values():
+                if process.wait() != 0:
+                    raise RuntimeError(f"a measuring process failed ({process.args})")
+        for name, values in samples.items():
+            results[name].append(
+                (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+            )
     return {
         name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
         for name, values in results.items()
@@ -118,29 +152,37 @@ def compare(job: str, rounds: int, forks: int) -> dict[str, tuple[float, float]]
 
 
 def report(rounds: int, jobs: tuple[str, ...] = tuple(JOBS)) -> None:
+    """Each variant against the job's baseline, in pairs: a third process
+    taking turns with them would change their caches (the pure-Python
+    variant's children touch much more memory)."""
     print(f"a fork with {ALIASES} aliases on PostgreSQL and {DESCRIPTORS} more descriptors, "
-          f"µs (median of {rounds} alternating rounds), wall clock [child's CPU]:")
+          f"µs (median of {rounds} rounds, each variant in lockstep with the first), wall clock [child's CPU]:")
     for job, forks in (("fork-and-exit", 300), ("subprocess.run", 300), ("fork-and-query", 60)):
         if job not in jobs:
             continue
-        medians = compare(job, rounds, forks)
-        base, base_cpu = medians[JOBS[job][0]]
-        print(f"  {job}: " + ", ".join(
-            f"{name} {wall:.0f} ({wall - base:+.0f}; {wall / base:.3f})"
-            + (f" [{cpu:.0f} ({cpu - base_cpu:+.0f})]" if cpu else "")
-            for name, (wall, cpu) in medians.items()
-        ))
+        baseline, *others = JOBS[job]
+        cells, baseline_walls, baseline_cpus = [], [], []
+        for other in others:
+            pair = lockstep(job, (baseline, other), rounds, forks)
+            (base, base_cpu), (wall, cpu) = pair[baseline], pair[other]
+            baseline_walls.append(base)
+            baseline_cpus.append(base_cpu)
+            cells.append(
+                f"{other} {wall:.0f} ({wall - base:+.0f}; {wall / base:.3f})"
+                + (f" [{cpu:.0f} ({cpu - base_cpu:+.0f})]" if cpu else "")
+            )
+        base, base_cpu = statistics.median(baseline_walls), statistics.median(baseline_cpus)
+        print(f"  {job}: {baseline} {base:.0f}" + (f" [{base_cpu:.0f}]" if base_cpu else "") + "; " + ", ".join(cells))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--job", action="append", choices=list(JOBS), help="only this job (repeatable)")
-    parser.add_argument("--measure", nargs=4, metavar=("JOB", "ENGINE", "AROUND", "FORKS"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=3, metavar=("JOB", "ENGINE", "AROUND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        job, engine, around, forks = args.measure
-        print(*measure(job, engine, around, int(forks)))
+    if args.serve:
+        serve(*args.serve)
         return
     reason = dbconfig.unreachable_reason("postgresql")
     if reason:
