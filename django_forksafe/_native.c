@@ -223,6 +223,13 @@ silence_if_database(int fd, int *dead, int *made_here)
     if (dup3(*dead, fd, (flags >= 0 && (flags & FD_CLOEXEC)) ? O_CLOEXEC : 0) == fd) {
         silenced_count++;
     }
+    else if (errno == EBADF && close(fd) == 0) {
+        /* A number at or above RLIMIT_NOFILE (lowered since it was
+         * opened): nothing can be put there, nor open there while the limit
+         * stays. Closed: the child's copy of the socket goes, with nothing
+         * sent (the parent holds it open), and its driver sees EBADF. */
+        silenced_count++;
+    }
     else {
         scan_failed = 1;
     }
@@ -346,8 +353,16 @@ silence_in_child(void)
             batch[i].revents = 0;
         }
         if (poll(batch, count, 0) < 0) {
-            scan_failed = 1;
-            break;
+            /* EINVAL: more than RLIMIT_NOFILE at once, a limit lowered
+             * below the open descriptors. One at a time, then. */
+            int failed = errno != EINVAL;
+            for (nfds_t i = 0; i < count && !failed; i++) {
+                failed = poll(&batch[i], 1, 0) < 0;
+            }
+            if (failed) {
+                scan_failed = 1;
+                break;
+            }
         }
         for (nfds_t i = 0; i < count; i++) {
             if (!(batch[i].revents & POLLNVAL)) {

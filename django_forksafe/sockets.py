@@ -26,6 +26,7 @@ socket object, or else the settings' host name is resolved once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -262,7 +263,14 @@ def silence_inherited() -> int:
                 if dead_end is None:
                     dead_end, closed = socket.socketpair()
                     closed.close()
-                os.dup2(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
+                try:
+                    os.dup2(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
+                except OSError as error:
+                    if error.errno != errno.EBADF:
+                        raise
+                    # At or above RLIMIT_NOFILE (lowered since): nothing can
+                    # be put there. The child's copy goes, with nothing sent.
+                    os.close(fd)
                 silenced += 1
             except Exception:  # Closed meanwhile, or an odd socket: on to the next.
                 continue

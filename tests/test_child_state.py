@@ -201,7 +201,9 @@ def test_control_endpoints_raw_connection_closed_by_child(scenario: str, vendor:
 def test_c_scan_reaches_every_descriptor_number() -> None:
     """The fork handler's bound on descriptor numbers (select()'s probe of the
     table's end, /proc/self/status above 8192) lies above every inherited
-    socket, whatever its number: each is dead in the child before it runs."""
+    socket, whatever its number, and the limit on open descriptors lowered
+    below it does not stop the scan: each is dead (or, above that limit,
+    closed) in the child before it runs."""
     import os
     import resource
     import socket
@@ -211,19 +213,30 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
 
     require_native()
     assert NATIVE is not None
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    numbers = [n for n in (63, 64, 65, 200, 256, 300, 1000, 5000, 8192, 8193, 12000) if n < limit]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    numbers = [n for n in (63, 64, 65, 200, 256, 300, 1000, 5000, 8192, 8193, 12000) if n < soft]
     with socket.create_server(("127.0.0.1", 0)) as server:
         assert sockets.remember_server("127.0.0.1", server.getsockname()[1])
         with socket.create_connection(server.getsockname()) as client:
-            for number in numbers:
+            for number, lowered_limit in [*((n, None) for n in numbers), (200, 100)]:
                 os.dup2(client.fileno(), number, inheritable=False)
                 reading, writing = os.pipe()
-                pid = os.fork()
+                if lowered_limit:
+                    # Descriptors above the limit stay open, and poll()
+                    # refuses to look at more descriptors than it allows.
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered_limit, hard))
+                try:
+                    pid = os.fork()
+                finally:
+                    if lowered_limit:
+                        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
                 if pid == 0:  # pragma: no cover (the child)
                     try:
-                        with socket.socket(fileno=os.dup(number)) as inherited:
-                            peer = inherited.getpeername()
+                        try:
+                            with socket.socket(fileno=os.dup(number)) as inherited:
+                                peer = inherited.getpeername()
+                        except OSError:
+                            peer = "closed"
                         silenced, complete = NATIVE.last_fork()
                         os.write(writing, repr((peer, silenced >= 2, complete)).encode())
                     finally:
@@ -233,8 +246,9 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
                     seen = report.read()
                 os.waitpid(pid, 0)
                 os.close(number)
-                # An unnamed Unix socket (the dead end) where the connection was.
-                assert seen == repr(("", True, True)), (number, seen)
+                # An unnamed Unix socket (the dead end) where the connection
+                # was; above a lowered limit, where nothing can be put, none.
+                assert seen == repr(("closed" if lowered_limit else "", True, True)), (number, seen)
 
 
 NO_PROC_CHILD = """
@@ -276,3 +290,46 @@ def test_c_scan_needs_no_proc() -> None:
     assert process.returncode == 0, process.stderr
     # Complete, one silenced: the inherited socket is the dead end (unnamed).
     assert process.stdout == "(1, True) ''\n", process.stdout
+
+
+LOWERED_LIMIT_CHILD = """
+import os, resource, socket
+from django_forksafe import sockets
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+with socket.create_server(("127.0.0.1", 0)) as server:
+    sockets.remember_server("127.0.0.1", server.getsockname()[1])
+    with socket.create_connection(server.getsockname()) as client:
+        os.dup2(client.fileno(), 200, inheritable=False)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.fstat(200)
+                print("open", flush=True)
+            except OSError:
+                print("closed", flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+"""
+
+
+@MECHANISMS
+def test_scan_above_a_lowered_descriptor_limit(native: str) -> None:
+    """A database socket above RLIMIT_NOFILE (lowered after it was opened)
+    cannot be replaced by a dead end: the child's copy is closed instead."""
+    import os
+    import subprocess
+    import sys
+
+    if native == "1":
+        require_native()
+    process = subprocess.run(
+        [sys.executable, "-c", LOWERED_LIMIT_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",  # The installed package, not the source tree's.
+        env={**os.environ, "DJANGO_FORKSAFE_NATIVE": native},
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stdout == "closed\n", process.stderr
