@@ -140,7 +140,7 @@ def lockstep(job: str, names: tuple[str, str], rounds: int, forks: int) -> dict[
                 process.stdin.close()
             for process in processes.values():
                 if process.wait() != 0:
-                    raise RuntimeError(f"a measuring process failed ({process.args})")
+                    raise RuntimeError(f"a measuring process failed ({process.args!r})")
         for name, values in samples.items():
             results[name].append(
                 (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
