@@ -201,11 +201,10 @@ silence_if_database(int fd, int *dead, int *made_here)
     struct sockaddr_storage peer;
     socklen_t length = sizeof(peer);
 
-    if (fd == dead_fd) {
-        return;
-    }
     memset(&peer, 0, sizeof(peer));
-    /* One call tells a socket (ENOTSOCK otherwise) and gives its peer. */
+    /* One call tells a socket (ENOTSOCK otherwise) and gives its peer. The
+     * dead end's peer is unnamed: never a database (and its number may hold
+     * a database socket by now, if a daemonizer closed it). */
     if (getpeername(fd, (struct sockaddr *)&peer, &length) != 0) {
         return;  /* Not a socket, or not connected. */
     }
@@ -226,8 +225,8 @@ silence_if_database(int fd, int *dead, int *made_here)
     else if (errno == EBADF && close(fd) == 0) {
         /* A number at or above RLIMIT_NOFILE (lowered since it was
          * opened): nothing can be put there, nor open there while the limit
-         * stays. Closed: the child's copy of the socket goes, with nothing
-         * sent (the parent holds it open), and its driver sees EBADF. */
+         * stays. Closed: the child's copy of the socket goes, which sends
+         * nothing while the parent holds its own, and its driver sees EBADF. */
         silenced_count++;
     }
     else {
@@ -272,19 +271,20 @@ descriptor_table_size(void)
 #define WORD_BITS (CHAR_BIT * sizeof(unsigned long))
 
 /* Whether `number` is at or beyond the end of the descriptor table: it is
- * not open (poll() says POLLNVAL), and select() ignores it. Linux's select()
- * looks at no descriptor beyond the table's end, while a closed one inside
- * the table fails it with EBADF: a result of 0 can only mean "beyond".
+ * not open (fcntl() fails with EBADF), and select() ignores it. Linux's
+ * select() looks at no descriptor beyond the table's end, while a closed one
+ * inside the table fails it with EBADF: a result of 0 can only mean
+ * "beyond". Not poll() to tell "open": it says POLLNVAL for an O_PATH
+ * descriptor, which select() before Linux 5.17 then skips and returns 0 for.
  * -1 if a call fails otherwise. */
 static int
 beyond_descriptor_table(int number, unsigned long *bits)
 {
-    struct pollfd probe = {.fd = number, .events = 0, .revents = 0};
-    if (poll(&probe, 1, 0) < 0) {
-        return -1;
-    }
-    if (!(probe.revents & POLLNVAL)) {
+    if (fcntl(number, F_GETFD) >= 0) {
         return 0;  /* Open. */
+    }
+    if (errno != EBADF) {
+        return -1;
     }
     size_t words = (size_t)number / WORD_BITS + 1;
     memset(bits, 0, words * sizeof(unsigned long));

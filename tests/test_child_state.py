@@ -201,9 +201,10 @@ def test_control_endpoints_raw_connection_closed_by_child(scenario: str, vendor:
 def test_c_scan_reaches_every_descriptor_number() -> None:
     """The fork handler's bound on descriptor numbers (select()'s probe of the
     table's end, /proc/self/status above 8192) lies above every inherited
-    socket, whatever its number, and the limit on open descriptors lowered
-    below it does not stop the scan: each is dead (or, above that limit,
-    closed) in the child before it runs."""
+    socket, whatever its number; neither the limit on open descriptors
+    lowered below it nor an O_PATH descriptor at a probed number (which
+    select() before Linux 5.17 skipped) stops the scan: each is dead (or,
+    above that limit, closed) in the child before it runs."""
     import os
     import resource
     import socket
@@ -218,8 +219,14 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         assert sockets.remember_server("127.0.0.1", server.getsockname()[1])
         with socket.create_connection(server.getsockname()) as client:
-            for number, lowered_limit in [*((n, None) for n in numbers), (200, 100)]:
+            # An O_PATH descriptor at a number the bound is probed at: poll()
+            # says POLLNVAL for it, yet it is open (and the table goes on).
+            path_only = os.open("/", os.O_PATH)
+            cases = [*((n, None, None) for n in numbers), (200, 100, None), (300, None, 128)]
+            for number, lowered_limit, path_only_at in cases:
                 os.dup2(client.fileno(), number, inheritable=False)
+                if path_only_at:
+                    os.dup2(path_only, path_only_at, inheritable=False)
                 reading, writing = os.pipe()
                 if lowered_limit:
                     # Descriptors above the limit stay open, and poll()
@@ -246,9 +253,12 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
                     seen = report.read()
                 os.waitpid(pid, 0)
                 os.close(number)
+                if path_only_at:
+                    os.close(path_only_at)
                 # An unnamed Unix socket (the dead end) where the connection
                 # was; above a lowered limit, where nothing can be put, none.
                 assert seen == repr(("closed" if lowered_limit else "", True, True)), (number, seen)
+            os.close(path_only)
 
 
 NO_PROC_CHILD = """
