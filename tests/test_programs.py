@@ -162,7 +162,9 @@ def test_control_uwsgi_spooler_and_mule(vendor: str, tmp_path: Path) -> None:
         finally:
             monitor.query("DELETE FROM shop_event WHERE run = %s", (run,))
     master = json.loads(report.read_text())
-    assert {e["session"] for e in spooled + muled} == {master["session"]}
+    # On the master's session; not necessarily both: the shared session may
+    # break under them (the hazard itself), and Django then reconnects.
+    assert master["session"] in {e["session"] for e in spooled + muled}
     assert master["pid"] not in {e["pid"] for e in spooled + muled}
 
 

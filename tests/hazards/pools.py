@@ -91,6 +91,9 @@ def hold_whole_pool() -> tuple[list[int], list[str]]:
     Returns the sessions they ran on and the errors they met."""
     from django.db import connection
 
+    if any(klass.__module__.startswith("django_db_geventpool.") for klass in type(connection).__mro__):
+        return hold_whole_gevent_pool()
+
     holding = threading.Barrier(POOL_SIZE)
     sessions: list[int] = []
     errors: list[str] = []
@@ -111,6 +114,34 @@ def hold_whole_pool() -> tuple[list[int], list[str]]:
         thread.start()
     for thread in threads:
         thread.join()
+    return sorted(sessions), errors
+
+
+def hold_whole_gevent_pool() -> tuple[list[int], list[str]]:
+    """hold_whole_pool() for django-db-geventpool, in this thread: POOL_SIZE
+    wrappers of the alias each take a connection, then give it back. Its
+    pool is gevent's queue, and its lock gevent's semaphore, meant for
+    greenlets: taken by several threads at once, they left one waiting for
+    ever (a loaded CI run; the pool checks the queue's size, then blocks
+    on get() if another thread took the last one meanwhile)."""
+    from django.db import connections
+
+    from django_forksafe.hazards import SESSION_SQL
+
+    wrappers = [connections.create_connection("default") for _ in range(POOL_SIZE)]
+    sessions: list[int] = []
+    errors: list[str] = []
+    try:
+        for wrapper in wrappers:
+            try:
+                with wrapper.cursor() as cursor:
+                    cursor.execute(SESSION_SQL[wrapper.vendor])
+                    sessions.append(int(cursor.fetchone()[0]))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        for wrapper in wrappers:
+            wrapper.close()  # Back to the pool.
     return sorted(sessions), errors
 
 
