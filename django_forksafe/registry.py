@@ -246,10 +246,13 @@ def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: b
     # the driver's own close(), whose goodbye (COM_QUIT, Terminate, TLS
     # close_notify) and shutdown() now go nowhere.
     try:
-        os.dup2(devnull, fd, inheritable=False)
+        put = sockets.put_over(devnull, fd)
     except BaseException:
         keep_forever(raw)  # Never freed, so it never says goodbye.
         raise
+    if not put:  # Closed instead: the driver must not close that number again.
+        keep_forever(raw)
+        return
     with contextlib.suppress(Exception):
         raw.close()
 

@@ -231,6 +231,22 @@ def _is_database(endpoint: Endpoint) -> bool:
     return endpoint[0] == "unix" and any(str(endpoint[1]).endswith(suffix) for suffix in _unix_suffixes)
 
 
+def put_over(source: int, fd: int, inheritable: bool = False) -> bool:
+    """Put a copy of `source` over `fd`, so that the socket there is
+    released in this process without a byte sent: True. At or above
+    RLIMIT_NOFILE (lowered since `fd` was opened) nothing can be put there:
+    the child's copy is closed instead, which sends nothing while the parent
+    holds its own: False."""
+    try:
+        os.dup2(source, fd, inheritable=inheritable)
+    except OSError as error:
+        if error.errno != errno.EBADF or source < 0:
+            raise
+        os.close(fd)
+        return False
+    return True
+
+
 def silenced_inside_fork() -> bool:
     """Whether the C extension silenced every inherited database socket of
     this process inside fork() (nothing is left for silence_inherited())."""
@@ -263,14 +279,7 @@ def silence_inherited() -> int:
                 if dead_end is None:
                     dead_end, closed = socket.socketpair()
                     closed.close()
-                try:
-                    os.dup2(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
-                except OSError as error:
-                    if error.errno != errno.EBADF:
-                        raise
-                    # At or above RLIMIT_NOFILE (lowered since): nothing can
-                    # be put there. The child's copy goes, with nothing sent.
-                    os.close(fd)
+                put_over(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
                 silenced += 1
             except Exception:  # Closed meanwhile, or an odd socket: on to the next.
                 continue

@@ -343,3 +343,23 @@ def test_scan_above_a_lowered_descriptor_limit(native: str) -> None:
     )
     assert process.returncode == 0, process.stderr
     assert process.stdout == "closed\n", process.stderr
+
+
+@MECHANISMS
+@FORKS
+@SERVERS
+def test_connection_above_a_lowered_descriptor_limit_let_go_quietly(fork: str, vendor: str, native: str) -> None:
+    """Django's connection above RLIMIT_NOFILE (lowered after it was opened):
+    the child lets it go without an error in the log, and connects anew."""
+    result = run_with(f"{fork}connection_above_lowered_limit", vendor, native=native)
+    assert result["descriptor_above_limit"] is not False  # None: the driver has no fileno().
+    assert result["logged"] == []
+    assert result["child_session"] != result["parent_session"]
+    assert result["connection_created_in_child"]
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_control_connection_above_a_lowered_descriptor_limit_is_parents(vendor: str) -> None:
+    result = run("connection_above_lowered_limit", vendor, "plain")
+    assert result["child_session"] == result["parent_session"]

@@ -14,7 +14,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_forksafe.hazards import SESSION_SQL, child_report, fork_child, libc_fork, run_child, session_id
+from django_forksafe.hazards import (
+    SESSION_SQL,
+    Fork,
+    child_report,
+    connection,
+    fork_child,
+    libc_fork,
+    own_session,
+    run_child,
+    session_id,
+)
 from tests import dbconfig
 from tests.backends import backend_of
 from tests.hazards import early
@@ -58,6 +68,50 @@ def libc_fork_own_raw_connection_first(vendor: str, engine: str) -> Result:
             return observations
 
     return {**run_child(work, libc_fork), **parent.check()}
+
+
+def connection_above_lowered_limit(fork: Fork) -> Callable[[str, str], Result]:
+    """The parent's connection has a descriptor number at or above
+    RLIMIT_NOFILE, lowered after it was opened (a supervisor's ulimit, a
+    library's setrlimit()): nothing can be put over that number in the child.
+    The child must let it go all the same, without a word to the server nor
+    an error in the log, and connect anew below the limit."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        import logging
+        import resource
+
+        limit = 100
+        monitor = setup(vendor, engine)
+        filler = [os.open(os.devnull, os.O_RDONLY)]
+        while filler[-1] < limit + 10:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        parent = parent_of(monitor)  # Its socket lands above the filler.
+        for fd in filler:
+            os.close(fd)
+        logged: list[str] = []
+
+        class Recorder(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                logged.append(record.getMessage())
+
+        logging.getLogger("django_forksafe").addHandler(Recorder(logging.WARNING))
+        raw = connection("default").connection
+        fileno = getattr(raw, "fileno", None)
+        above: Result = {"descriptor_above_limit": fileno() >= limit if callable(fileno) else None}
+
+        def work() -> Result:
+            return {**own_session(), "logged": logged}
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        try:
+            pid, read_end = fork_child(work, fork)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return {**above, **child_report(pid, read_end), **parent.check()}
+
+    return scenario
 
 
 def signal_during_invalidation(vendor: str, engine: str) -> Result:
