@@ -341,8 +341,8 @@ silence_in_child(void)
         goto done;
     }
     struct pollfd batch[256];
-    const nfds_t batch_size = sizeof(batch) / sizeof(batch[0]);
-    for (int first = 0; first < table_size; first += (int)batch_size) {
+    nfds_t batch_size = sizeof(batch) / sizeof(batch[0]);
+    for (int first = 0; first < table_size;) {
         nfds_t count = (nfds_t)(table_size - first);
         if (count > batch_size) {
             count = batch_size;
@@ -353,22 +353,21 @@ silence_in_child(void)
             batch[i].revents = 0;
         }
         if (poll(batch, count, 0) < 0) {
-            /* EINVAL: more than RLIMIT_NOFILE at once, a limit lowered
-             * below the open descriptors. One at a time, then. */
-            int failed = errno != EINVAL;
-            for (nfds_t i = 0; i < count && !failed; i++) {
-                failed = poll(&batch[i], 1, 0) < 0;
+            if (errno == EINVAL && batch_size > 1) {
+                /* More than RLIMIT_NOFILE at once: a limit lowered below the
+                 * open descriptors. Smaller batches, then. */
+                batch_size /= 2;
+                continue;
             }
-            if (failed) {
-                scan_failed = 1;
-                break;
-            }
+            scan_failed = 1;
+            break;
         }
         for (nfds_t i = 0; i < count; i++) {
             if (!(batch[i].revents & POLLNVAL)) {
                 silence_if_database(batch[i].fd, &dead, &made_here);
             }
         }
+        first += (int)count;
     }
     if (made_here) {
         close(dead);
