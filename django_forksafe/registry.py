@@ -158,7 +158,7 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     PROCESS_MARK[0] = 1
     for stale in [key for key in _invalidation_locks if key != pid]:
         _invalidation_locks.pop(stale, None)
-    if parent_pid != pid and send_post_fork and post_fork.receivers:
+    if parent_pid != pid and send_post_fork:
         # Another thread of the parent may have held the signal's lock at fork time.
         post_fork.lock = threading.Lock()
         for receiver, result in post_fork.send_robust(None, parent_pid=parent_pid, aliases=aliases):
