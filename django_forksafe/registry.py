@@ -15,8 +15,9 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from django_forksafe import sockets, sqlite
@@ -191,18 +192,25 @@ def _forget_connections(pid: int) -> list[str]:
     return aliases
 
 
-@contextlib.contextmanager
-def silencing() -> Iterator[Callable[..., None]]:
-    """silence(raw, database=None) for inherited raw connections, with
-    /dev/null open meanwhile (once, for them all) unless fork() itself
-    silenced their sockets."""
-    inside_fork = sockets.silenced_inside_fork()
-    devnull = -1 if inside_fork else _devnull()
-    try:
-        yield lambda raw, database=None: _silence(raw, devnull, database, inside_fork)
-    finally:
-        if devnull >= 0:
-            os.close(devnull)
+class silencing:  # Lower case: used as a function, as contextlib.suppress is.
+    """``with silencing() as silence``: silence(raw, database=None) for
+    inherited raw connections, with /dev/null open meanwhile (once, for them
+    all) unless fork() itself silenced their sockets. A class rather than a
+    generator, as logged is: both run in every child's first use."""
+
+    __slots__ = ("_devnull", "_inside_fork")
+
+    def __enter__(self) -> Callable[..., None]:
+        self._inside_fork = sockets.silenced_inside_fork()
+        self._devnull = -1 if self._inside_fork else _devnull()
+        return self._silence_one
+
+    def _silence_one(self, raw: Any, database: str | None = None) -> None:
+        _silence(raw, self._devnull, database, self._inside_fork)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._devnull >= 0:
+            os.close(self._devnull)
 
 
 def _devnull() -> int:
@@ -213,13 +221,25 @@ def _devnull() -> int:
         return -1
 
 
-@contextlib.contextmanager
-def logged(failure: str) -> Iterator[None]:
-    # One failure must not leave the other inherited connections live.
-    try:
-        yield
-    except Exception:
-        logger.exception("django-forksafe %s", failure)
+class logged:  # Lower case: used as a function, as contextlib.suppress is.
+    """``with logged(failure)``: an exception is logged, and the work goes on:
+    one failure must not leave the other inherited connections live."""
+
+    __slots__ = ("_failure",)
+
+    def __init__(self, failure: str) -> None:
+        self._failure = failure
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        if kind is None or error is None or not isinstance(error, Exception):
+            return False
+        logger.error("django-forksafe %s", self._failure, exc_info=(kind, error, traceback))
+        return True
 
 
 def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: bool = False) -> None:

@@ -162,3 +162,15 @@ def test_the_c_extension_knows_a_connection_to_a_recorded_server() -> None:
     del kept
     gc.collect()
     assert reference() is not None  # Never freed: its deallocator never runs.
+
+
+def test_a_failure_during_invalidation_is_logged_and_the_rest_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    from django_forksafe.registry import logged
+
+    with caplog.at_level("ERROR", logger="django_forksafe"), logged("could not drop an inherited thing"):
+        raise ValueError("broken")
+    record = caplog.records[-1]
+    assert record.getMessage() == "django-forksafe could not drop an inherited thing"
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
+    with pytest.raises(KeyboardInterrupt), logged("never swallowed"):
+        raise KeyboardInterrupt
