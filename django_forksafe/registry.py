@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_forksafe")
 
 
-@dataclass(frozen=True)
+# Slotted, not frozen: a frozen dataclass's __init__ goes through
+# object.__setattr__, in every child's first use.
+@dataclass(slots=True)
 class Invalidation:
     """What invalidate_inherited() did in this process."""
 
@@ -38,7 +40,7 @@ class Invalidation:
     aliases: list[str]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _OpenConnection:
     raw: Any
     pid: int
