@@ -56,6 +56,11 @@ def serve(job: str, engine: str, around: str) -> None:
     microseconds, wall clock and the child's CPU (user and system, from
     wait4(): the kernel's exit and the page faults included, the parent's
     share of fork() not)."""
+    # Both processes of a pair, and their children, on one CPU: whether a
+    # child ran on the other one (its caches cold) varied more than the
+    # difference measured.
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     import django
     from django.conf import settings
 
