@@ -174,22 +174,23 @@ def _forget_connections(pid: int) -> list[str]:
     """Silence the connections Django opened in other processes, and reset
     their wrappers. Returns the aliases."""
     aliases: list[str] = []
-    inherited = [(key, entry) for key, entry in list(_open_connections.items()) if entry.pid != pid]
+    inherited = [entry for entry in list(_open_connections.values()) if entry.pid != pid]
     if not inherited:
         return aliases
     with silencing() as silence:
-        for key, entry in inherited:
+        for entry in inherited:
             # The wrapper first: from then on Django cannot reach the raw
             # connection, not even from a signal handler that closes it.
+            raw = entry.raw
             wrapper = entry.wrapper_ref()
-            if wrapper is not None and wrapper.connection is entry.raw:
+            if wrapper is not None and wrapper.connection is raw:
                 wrapper._forksafe_forget_connection()
                 if wrapper.alias not in aliases:
                     aliases.append(wrapper.alias)
-            if _open_connections.pop(key, None) is None:
+            if _open_connections.pop(id(raw), None) is None:
                 continue  # Taken meanwhile (by a signal handler).
             with logged("could not silence an inherited connection"):
-                silence(entry.raw, entry.database)
+                silence(raw, entry.database)
     _taken_from_parent.append(inherited)
     return aliases
 
