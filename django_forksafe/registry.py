@@ -177,20 +177,31 @@ def _forget_connections(pid: int) -> list[str]:
     inherited = [entry for entry in list(_open_connections.values()) if entry.pid != pid]
     if not inherited:
         return aliases
-    with silencing() as silence:
-        for entry in inherited:
-            # The wrapper first: from then on Django cannot reach the raw
-            # connection, not even from a signal handler that closes it.
-            raw = entry.raw
-            wrapper = entry.wrapper_ref()
-            if wrapper is not None and wrapper.connection is raw:
-                wrapper._forksafe_forget_connection()
-                if wrapper.alias not in aliases:
-                    aliases.append(wrapper.alias)
-            if _open_connections.pop(id(raw), None) is None:
-                continue  # Taken meanwhile (by a signal handler).
-            with logged("could not silence an inherited connection"):
-                silence(raw, entry.database)
+    unsilenced: Any = None
+    try:
+        with silencing() as silence:
+            for entry in inherited:
+                # Kept for ever below if an exception interrupts before it is silenced.
+                unsilenced = raw = entry.raw
+                # The wrapper first: from then on Django cannot reach the raw
+                # connection, not even from a signal handler that closes it.
+                wrapper = entry.wrapper_ref()
+                if wrapper is not None and wrapper.connection is raw:
+                    wrapper._forksafe_forget_connection()
+                    if wrapper.alias not in aliases:
+                        aliases.append(wrapper.alias)
+                if _open_connections.pop(id(raw), None) is not None:
+                    with logged("could not silence an inherited connection"):
+                        silence(raw, entry.database)
+                unsilenced = None  # Silenced, or taken meanwhile (by a signal handler).
+    except BaseException:
+        # A signal handler's SystemExit or KeyboardInterrupt between two
+        # lines: a connection taken from the record but not yet silenced is
+        # never freed, so that its driver never says goodbye (not even at
+        # interpreter exit, when nothing would invalidate it any more).
+        if unsilenced is not None:
+            keep_forever(unsilenced)
+        raise
     _taken_from_parent.append(inherited)
     return aliases
 

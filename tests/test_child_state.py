@@ -363,3 +363,21 @@ def test_connection_above_a_lowered_descriptor_limit_let_go_quietly(fork: str, v
 def test_control_connection_above_a_lowered_descriptor_limit_is_parents(vendor: str) -> None:
     result = run("connection_above_lowered_limit", vendor, "plain")
     assert result["child_session"] == result["parent_session"]
+
+
+@MECHANISMS
+@SERVERS
+def test_exit_during_invalidation_never_frees_an_inherited_connection(vendor: str, native: str) -> None:
+    """A SystemExit (gunicorn's SIGQUIT handler) between any two lines of a
+    child's invalidation, then the interpreter's exit: no driver's goodbye."""
+    result = run_with("exit_signal_during_invalidation", vendor, native=native)
+    assert "child_error" not in result, result.get("child_error")
+    assert result["lines_tried"] > 20  # The exit landed all through the work.
+    assert result["parent_lost_after_landing_at"] is None
+    assert_kept_session(result)
+
+
+def test_control_exit_frees_parents_connection() -> None:
+    # psycopg sends nothing from its deallocator, so only MySQL has a control.
+    result = run("exit_signal_during_invalidation", "mysql", "plain")
+    assert result["parent_lost_after_landing_at"] == 1

@@ -87,6 +87,7 @@ SCENARIOS: dict[str, Scenario] = {
     "hook_before_ours": robustness.hook_before_ours,
     "libc_fork_own_raw_connection_first": robustness.libc_fork_own_raw_connection_first,
     "signal_during_invalidation": robustness.signal_during_invalidation,
+    "exit_signal_during_invalidation": robustness.exit_signal_during_invalidation,
     "connection_above_lowered_limit": robustness.connection_above_lowered_limit(os.fork),
     "libc_fork_connection_above_lowered_limit": robustness.connection_above_lowered_limit(libc_fork),
     "pool_close_returns": robustness.pool_close_returns,

@@ -189,6 +189,74 @@ def signal_during_invalidation(vendor: str, engine: str) -> Result:
     return result
 
 
+def exit_signal_during_invalidation(vendor: str, engine: str) -> Result:
+    """A child forked behind Python's back is told to stop (gunicorn's
+    SIGQUIT handler calls sys.exit()) while its first query invalidates
+    what it inherited: the handler's SystemExit lands between every two
+    lines of that work (a trace function plays it, deterministically), and
+    the child then ends as an interpreter does, its exit hooks run and its
+    objects freed. The parent's session must survive every landing; with
+    Django's ENGINE, the child's exit frees the parent's connection (its
+    driver's goodbye: mysqlclient's COM_QUIT, psycopg2's Terminate)."""
+    monitor = setup(vendor, engine)
+    parent = parent_of(monitor)
+
+    def child_landing_at(line: int) -> Result:
+        import atexit
+        import gc
+
+        from django.db import connections
+
+        seen = [0]
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            if not frame.f_code.co_filename.endswith(("registry.py", "sockets.py", "wrapper.py")):
+                return None
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == line:
+                    sys.settrace(None)  # The handler itself is not traced.
+                    raise SystemExit(0)
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            with connections["default"].cursor() as cursor:  # The child's first query.
+                cursor.execute("SELECT 1")
+        except SystemExit:
+            pass
+        finally:
+            sys.settrace(None)
+        landed = seen[0] >= line
+        # The interpreter's way out: its exit hooks, then it frees what is
+        # left, Django's connections among it.
+        atexit._run_exitfuncs()
+        for wrapper in connections.all(initialized_only=True):
+            wrapper.connection = None
+        gc.collect()
+        return {"landed": landed}
+
+    result: Result = {"parent_lost_after_landing_at": None}
+    line = 0
+    while True:  # One child per line of our code that the exit can land at.
+        line += 1
+        child = run_child(functools.partial(child_landing_at, line), libc_fork)
+        if "child_error" in child:
+            result["child_error"] = child["child_error"]
+            break
+        try:  # A goodbye on the parent's socket is ahead of this query in its stream.
+            lost = session_id() != parent.session_id
+        except Exception:
+            lost = True
+        if lost:
+            result["parent_lost_after_landing_at"] = line
+            break
+        if not child["landed"]:
+            break
+    result["lines_tried"] = line
+    return {**result, **parent.check()}
+
+
 def pool_close_returns(vendor: str, engine: str) -> Result:
     """Django's pool with psycopg_pool's close_returns=True, and another
     parent thread inside the pool (holding its lock) at the fork: the child
