@@ -242,7 +242,13 @@ def put_over(source: int, fd: int, inheritable: bool = False) -> bool:
     except OSError as error:
         if error.errno != errno.EBADF or source < 0:
             raise
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError as closing:
+            if closing.errno != errno.EBADF:
+                raise
+            # Closed already: the child let it go itself (Celery's workers
+            # close what they inherited).
         return False
     return True
 

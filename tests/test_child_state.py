@@ -346,12 +346,15 @@ def test_scan_above_a_lowered_descriptor_limit(native: str) -> None:
 
 
 @MECHANISMS
-@FORKS
+@pytest.mark.parametrize("case", ["", "libc_fork_", "libc_fork_closed_first"])
 @SERVERS
-def test_connection_above_a_lowered_descriptor_limit_let_go_quietly(fork: str, vendor: str, native: str) -> None:
+def test_connection_above_a_lowered_descriptor_limit_let_go_quietly(case: str, vendor: str, native: str) -> None:
     """Django's connection above RLIMIT_NOFILE (lowered after it was opened):
-    the child lets it go without an error in the log, and connects anew."""
-    result = run_with(f"{fork}connection_above_lowered_limit", vendor, native=native)
+    the child lets it go without an error in the log, and connects anew,
+    also when it has closed that descriptor itself first."""
+    fork, closed_first = case.partition("closed_first")[:2]
+    scenario = f"{fork}connection_above_lowered_limit{'_closed_first' if closed_first else ''}"
+    result = run_with(scenario, vendor, native=native)
     assert result["descriptor_above_limit"]  # The scenario's premise.
     assert result["logged"] == []
     assert result["child_session"] != result["parent_session"]

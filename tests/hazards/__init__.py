@@ -90,6 +90,9 @@ SCENARIOS: dict[str, Scenario] = {
     "exit_signal_during_invalidation": robustness.exit_signal_during_invalidation,
     "connection_above_lowered_limit": robustness.connection_above_lowered_limit(os.fork),
     "libc_fork_connection_above_lowered_limit": robustness.connection_above_lowered_limit(libc_fork),
+    "libc_fork_connection_above_lowered_limit_closed_first": robustness.connection_above_lowered_limit(
+        libc_fork, closed_first=True
+    ),
     "pool_close_returns": robustness.pool_close_returns,
     **{f"raw_connection_to_{where}": robustness.raw_connection_to(where) for where in ("hostname", "socket", "hosts")},
     # SQLite.

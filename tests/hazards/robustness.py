@@ -6,6 +6,7 @@ close_returns, and database endpoints written every way Django accepts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -70,12 +71,14 @@ def libc_fork_own_raw_connection_first(vendor: str, engine: str) -> Result:
     return {**run_child(work, libc_fork), **parent.check()}
 
 
-def connection_above_lowered_limit(fork: Fork) -> Callable[[str, str], Result]:
+def connection_above_lowered_limit(fork: Fork, closed_first: bool = False) -> Callable[[str, str], Result]:
     """The parent's connection has a descriptor number at or above
     RLIMIT_NOFILE, lowered after it was opened (a supervisor's ulimit, a
     library's setrlimit()): nothing can be put over that number in the child.
     The child must let it go all the same, without a word to the server nor
-    an error in the log, and connect anew below the limit."""
+    an error in the log, and connect anew below the limit. With
+    `closed_first`, the child has closed that descriptor itself before its
+    first query (as Celery's workers close what they inherited)."""
 
     def scenario(vendor: str, engine: str) -> Result:
         import logging
@@ -101,6 +104,9 @@ def connection_above_lowered_limit(fork: Fork) -> Callable[[str, str], Result]:
         above: Result = {"descriptor_above_limit": fileno() >= limit if callable(fileno) else None}
 
         def work() -> Result:
+            if closed_first and callable(fileno):
+                with contextlib.suppress(OSError):  # The C extension closed it already.
+                    os.close(fileno())
             return {**own_session(), "logged": logged}
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
