@@ -62,8 +62,8 @@ def _forget_django_pools(pid: int) -> None:
             # makes a pool of its own.
             if pools.get(alias) is not pool:
                 continue  # Taken meanwhile (by a signal handler).
+            keep_forever(pool)  # First: an exception between the two never frees it.
             del pools[alias]
-            keep_forever(pool)
             for idle in list(getattr(pool, "_pool", ())):  # psycopg_pool's idle connections.
                 with registry.logged("could not silence a connection of an inherited pool"):
                     silence(idle)
@@ -95,8 +95,8 @@ def _forget_connection_pool() -> None:
     from dj_db_conn_pool.core import pool_container
 
     for alias, pool in list(pool_container.items()):
+        keep_forever(pool)  # First: an exception between the two never frees it.
         del pool_container[alias]
-        keep_forever(pool)
     pool_container.lock = threading.Lock()  # Another thread may have held it.
 
 
@@ -107,8 +107,8 @@ def _forget_geventpool() -> None:
 
     pools = DatabaseWrapperMixin._connection_pools
     for alias, pool in list(pools.items()):
-        del pools[alias]
         keep_forever(pool)
+        del pools[alias]
     for wrapper in list(_wrappers):
         if getattr(wrapper, "_pool", None) is not None:
             wrapper._pool = None
