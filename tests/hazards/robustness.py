@@ -120,14 +120,65 @@ def connection_above_lowered_limit(fork: Fork, closed_first: bool = False) -> Ca
     return scenario
 
 
+# Our code, where a signal handler can land during invalidation.
+OUR_MODULES = ("registry.py", "sqlite.py", "sockets.py", "wrapper.py")
+
+
+def handler_landing_at(line: int, handler: Callable[[], None], work: Callable[[], None]) -> bool:
+    """Run work() with `handler` run, untraced, at the `line`-th line of our
+    code only: a trace function plays a signal handler, deterministically.
+    Whether it landed."""
+    seen = [0]
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if not frame.f_code.co_filename.endswith(OUR_MODULES):
+            return None
+        if event == "line":
+            seen[0] += 1
+            if seen[0] == line:
+                sys.settrace(None)  # The handler itself is not traced.
+                try:
+                    handler()
+                finally:
+                    sys.settrace(tracer)
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        work()
+    finally:
+        sys.settrace(None)
+    return seen[0] >= line
+
+
+def at_every_line(child_landing_at: Callable[[int], Result], broken: Callable[[], bool], key: str) -> Result:
+    """One child, forked behind Python's back, per line of our code the
+    handler can land at: until it lands no more, a child fails, or broken()
+    says the parent lost something (`key`: after which line)."""
+    result: Result = {key: None}
+    line = 0
+    while True:
+        line += 1
+        child = run_child(functools.partial(child_landing_at, line), libc_fork)
+        if "child_error" in child:
+            result["child_error"] = child["child_error"]
+            break
+        if broken():
+            result[key] = line
+            break
+        if not child["landed"]:
+            break
+    result["lines_tried"] = line
+    return result
+
+
 def signal_during_invalidation(vendor: str, engine: str) -> Result:
     """SQLite, the parent inside a write transaction (a hot rollback journal
     on disk), forked behind Python's back. The child's first act is
     connections.close_all(), which notices the fork and invalidates; a
     signal handler that runs connections.close_all() too lands between
-    every two lines of that work (a trace function plays the handler,
-    deterministically). The inherited handle must never be closed: the
-    parent then commits."""
+    every two lines of that work. The inherited handle must never be
+    closed: the parent then commits."""
 
     def close_all() -> None:
         from django.db import connections
@@ -135,29 +186,9 @@ def signal_during_invalidation(vendor: str, engine: str) -> Result:
         connections.close_all()
 
     def child_landing_at(line: int) -> Result:
-        """The child: the handler lands at the `line`-th line of our code only."""
-        seen = [0]
-
-        def tracer(frame: Any, event: str, arg: Any) -> Any:
-            if not frame.f_code.co_filename.endswith(("registry.py", "sqlite.py", "sockets.py", "wrapper.py")):
-                return None
-            if event == "line":
-                seen[0] += 1
-                if seen[0] == line:
-                    sys.settrace(None)  # The handler itself is not traced.
-                    try:
-                        close_all()
-                    finally:
-                        sys.settrace(tracer)
-            return tracer
-
-        sys.settrace(tracer)
-        try:
-            close_all()
-        finally:
-            sys.settrace(None)
+        landed = handler_landing_at(line, close_all, close_all)
         close_all()  # Once more afterwards (the only time, with Django's ENGINE).
-        return {"landed": seen[0] >= line}
+        return {"landed": landed}
 
     setup(vendor, engine)
     from django.db import connection, transaction
@@ -172,21 +203,9 @@ def signal_during_invalidation(vendor: str, engine: str) -> Result:
                 cursor.execute("INSERT INTO forksafe_signal VALUES (1)")
             journal = str(connection.settings_dict["NAME"]) + "-journal"
             result["journal_before_fork"] = os.path.exists(journal)
-
-            result["journal_lost_after_landing_at"] = None
-            line = 0
-            while True:  # One child per line of our code that the handler can land at.
-                line += 1
-                child = run_child(functools.partial(child_landing_at, line), libc_fork)
-                if "child_error" in child:
-                    result["child_error"] = child["child_error"]
-                    break
-                if not os.path.exists(journal):
-                    result["journal_lost_after_landing_at"] = line
-                    break
-                if not child["landed"]:
-                    break
-            result["lines_tried"] = line
+            result.update(
+                at_every_line(child_landing_at, lambda: not os.path.exists(journal), "journal_lost_after_landing_at")
+            )
     except Exception as exc:
         result["parent_commit_error"] = f"{type(exc).__name__}: {exc}"
     with connection.cursor() as cursor:
@@ -199,13 +218,22 @@ def exit_signal_during_invalidation(vendor: str, engine: str) -> Result:
     """A child forked behind Python's back is told to stop (gunicorn's
     SIGQUIT handler calls sys.exit()) while its first query invalidates
     what it inherited: the handler's SystemExit lands between every two
-    lines of that work (a trace function plays it, deterministically), and
-    the child then ends as an interpreter does, its exit hooks run and its
-    objects freed. The parent's session must survive every landing; with
-    Django's ENGINE, the child's exit frees the parent's connection (its
-    driver's goodbye: mysqlclient's COM_QUIT, psycopg2's Terminate)."""
+    lines of that work, and the child then ends as an interpreter does, its
+    exit hooks run and its objects freed. The parent's session must survive
+    every landing; with Django's ENGINE, the child's exit frees the parent's
+    connection (its driver's goodbye: mysqlclient's COM_QUIT, psycopg2's
+    Terminate)."""
     monitor = setup(vendor, engine)
     parent = parent_of(monitor)
+
+    def stop() -> None:
+        raise SystemExit(0)
+
+    def first_query() -> None:
+        from django.db import connections
+
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
 
     def child_landing_at(line: int) -> Result:
         import atexit
@@ -213,27 +241,11 @@ def exit_signal_during_invalidation(vendor: str, engine: str) -> Result:
 
         from django.db import connections
 
-        seen = [0]
-
-        def tracer(frame: Any, event: str, arg: Any) -> Any:
-            if not frame.f_code.co_filename.endswith(("registry.py", "sockets.py", "wrapper.py")):
-                return None
-            if event == "line":
-                seen[0] += 1
-                if seen[0] == line:
-                    sys.settrace(None)  # The handler itself is not traced.
-                    raise SystemExit(0)
-            return tracer
-
-        sys.settrace(tracer)
+        landed = True
         try:
-            with connections["default"].cursor() as cursor:  # The child's first query.
-                cursor.execute("SELECT 1")
+            landed = handler_landing_at(line, stop, first_query)
         except SystemExit:
             pass
-        finally:
-            sys.settrace(None)
-        landed = seen[0] >= line
         # The interpreter's way out: its exit hooks, then it frees what is
         # left, Django's connections among it.
         atexit._run_exitfuncs()
@@ -242,24 +254,13 @@ def exit_signal_during_invalidation(vendor: str, engine: str) -> Result:
         gc.collect()
         return {"landed": landed}
 
-    result: Result = {"parent_lost_after_landing_at": None}
-    line = 0
-    while True:  # One child per line of our code that the exit can land at.
-        line += 1
-        child = run_child(functools.partial(child_landing_at, line), libc_fork)
-        if "child_error" in child:
-            result["child_error"] = child["child_error"]
-            break
+    def parent_lost() -> bool:
         try:  # A goodbye on the parent's socket is ahead of this query in its stream.
-            lost = session_id() != parent.session_id
+            return session_id() != parent.session_id
         except Exception:
-            lost = True
-        if lost:
-            result["parent_lost_after_landing_at"] = line
-            break
-        if not child["landed"]:
-            break
-    result["lines_tried"] = line
+            return True
+
+    result = at_every_line(child_landing_at, parent_lost, "parent_lost_after_landing_at")
     return {**result, **parent.check()}
 
 
