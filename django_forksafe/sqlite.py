@@ -3,9 +3,9 @@ SQLite handles a child inherits.
 
 SQLite's rule for fork(): a handle opened before it must never be used or
 closed in the child (closing it can roll back and delete the parent's hot
-journal). An inherited handle is therefore kept for good and refuses to run
-anything: a cursor held across the fork then fails ("interrupted") instead
-of running on the parent's handle.
+journal). An inherited handle is therefore kept for good and refuses to
+prepare anything: a cursor held across the fork then fails ("not
+authorized") instead of running on the parent's handle.
 
 SQLite's in-process lock table comes along with the handle: a child forked
 while its parent held a transaction on a database can never write to it
@@ -30,7 +30,6 @@ _WRITES = frozenset(
 )
 _DENY = 1
 _OK = 0
-_ABORT = 1
 
 # Files (device, inode) that a transaction of the parent holds in this process.
 _locked_files: dict[tuple[int, int], str] = {}
@@ -49,12 +48,18 @@ def retire_inherited(raw: Any, database: str | None) -> None:
         if raw.in_transaction and database:
             _locked_files[_file_id(database)] = database
     with contextlib.suppress(Exception):
-        # Any statement, a held cursor's next fetch too, stops at its first step.
-        raw.set_progress_handler(_refuse, 1)
+        # Every statement is refused when prepared, and never runs: setting an
+        # authorizer expires the handle's prepared statements, so a held
+        # cursor's next execute(), COMMIT and ROLLBACK included, is prepared
+        # anew and refused too. Not a progress handler: SQLite rolls back the
+        # whole transaction of an interrupted write, which would play back and
+        # delete the parent's journal from the child. (A SELECT already under
+        # way still hands out its rows: reading changes nothing.)
+        raw.set_authorizer(_refuse_all)
 
 
-def _refuse() -> int:
-    return _ABORT
+def _refuse_all(*args: Any) -> int:
+    return _DENY
 
 
 def _file_id(database: str) -> tuple[int, int]:

@@ -107,6 +107,11 @@ def test_control_atomic_in_child_is_a_savepoint_of_parents_transaction(fork: str
 @FORKS
 def test_sqlite_child_forked_inside_transaction_told_why_it_cannot_write(fork: str, native: str) -> None:
     result = run_with(f"{fork}sqlite_forked_in_transaction", "sqlite3", native=native)
+    # The parent's transaction is left alone (its journal, then its commit),
+    # and its cursor refuses to run in the child.
+    assert result["parent_journal_kept"] is True
+    assert result["parent_commit_error"] is None
+    assert result["child_held_cursor_error"] == "DatabaseError: not authorized"
     assert result["child_read"] == [1]
     assert "forked while its parent held a transaction" in result["child_write_error"]
     assert result["parent_rows"] == [1, 2]
@@ -116,6 +121,7 @@ def test_sqlite_child_forked_inside_transaction_told_why_it_cannot_write(fork: s
 def test_control_sqlite_child_writes_inside_parents_transaction(fork: str) -> None:
     # Through the inherited handle: the child's write joins the parent's transaction.
     result = run(f"{fork}sqlite_forked_in_transaction", "sqlite3", "plain")
+    assert result["child_held_cursor_error"] is None
     assert result["child_write_error"] is None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import django
@@ -86,10 +87,14 @@ def sqlite_memory(vendor: str, engine: str) -> Result:
 
 
 def forked_in_transaction(fork: Fork) -> Callable[[str, str], Result]:
-    """The parent forks inside a write transaction (rollback journal). The
-    child reads, then writes: reads work, and the write fails at once with
-    an error that says why (SQLite's lock table came along with the
-    inherited handle; a busy wait would end in "database is locked")."""
+    """The parent forks inside a write transaction (rollback journal), its
+    cursor open. The child executes a write on that cursor, on the parent's
+    handle: refused, and the parent's transaction and journal are left alone
+    (an interrupted write would roll the whole transaction back, from the
+    child). Then, on a connection of its own, the child reads, and writes:
+    reads work, and the write fails at once with an error that says why
+    (SQLite's lock table came along with the inherited handle; a busy wait
+    would end in "database is locked")."""
 
     def scenario(vendor: str, engine: str) -> Result:
         setup("sqlite3", engine)
@@ -99,9 +104,14 @@ def forked_in_transaction(fork: Fork) -> Callable[[str, str], Result]:
             cursor.execute("PRAGMA journal_mode = DELETE")
             cursor.execute("CREATE TABLE t (v INTEGER)")
             cursor.execute("INSERT INTO t VALUES (1)")
+        journal = f"{connection.settings_dict['NAME']}-journal"
 
         def work() -> Result:
-            observations: Result = {"child_read": None, "child_write_error": None}
+            observations: Result = {"child_held_cursor_error": None, "child_read": None, "child_write_error": None}
+            try:
+                held.execute("INSERT INTO t VALUES (9)")
+            except Exception as exc:
+                observations["child_held_cursor_error"] = f"{type(exc).__name__}: {exc}"
             with connection.cursor() as cursor:
                 cursor.execute("SELECT v FROM t WHERE v = 1")
                 observations["child_read"] = [row[0] for row in cursor.fetchall()]
@@ -112,10 +122,16 @@ def forked_in_transaction(fork: Fork) -> Callable[[str, str], Result]:
                 observations["child_write_error"] = f"{type(exc).__name__}: {exc}"
             return observations
 
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("INSERT INTO t VALUES (2)")
-            result = run_child(work, fork)
+        parent_commit_error = None
+        try:
+            with transaction.atomic():
+                held = connection.cursor()
+                held.execute("INSERT INTO t VALUES (2)")
+                result = run_child(work, fork)
+                result["parent_journal_kept"] = os.path.exists(journal)
+        except Exception as exc:
+            parent_commit_error = f"{type(exc).__name__}: {exc}"
+        result["parent_commit_error"] = parent_commit_error
         with connection.cursor() as cursor:
             cursor.execute("SELECT v FROM t ORDER BY v")
             result["parent_rows"] = [row[0] for row in cursor.fetchall()]
