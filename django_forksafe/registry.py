@@ -148,9 +148,11 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     parent_pid = _known_pid
     aliases = _forget_connections(pid)
     if _scanned_pid != pid:
-        _scanned_pid = pid
         with logged("could not silence the inherited sockets to the database servers"):
             sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
+        # Only once it has run: a signal handler's exception in it (SystemExit,
+        # KeyboardInterrupt) leaves it to the next invalidation, at exit at the latest.
+        _scanned_pid = pid
     for hook in list(_invalidation_hooks):  # Pools, caches.
         with logged("could not drop an inherited pool or client"):
             hook(pid)

@@ -219,12 +219,15 @@ def exit_signal_during_invalidation(vendor: str, engine: str) -> Result:
     SIGQUIT handler calls sys.exit()) while its first query invalidates
     what it inherited: the handler's SystemExit lands between every two
     lines of that work, and the child then ends as an interpreter does, its
-    exit hooks run and its objects freed. The parent's session must survive
-    every landing; with Django's ENGINE, the child's exit frees the parent's
-    connection (its driver's goodbye: mysqlclient's COM_QUIT, psycopg2's
-    Terminate)."""
+    exit hooks run and its objects freed. The parent's sessions must survive
+    every landing, Django's and that of a driver connection it opened
+    outside Django; with Django's ENGINE, the child's exit frees the
+    parent's connection (its driver's goodbye: mysqlclient's COM_QUIT,
+    psycopg2's Terminate)."""
     monitor = setup(vendor, engine)
     parent = parent_of(monitor)
+    outside = [Monitor(vendor)]  # Freed in the child as it ends.
+    outside_session = outside[0].query(SESSION_SQL[vendor])[0][0]
 
     def stop() -> None:
         raise SystemExit(0)
@@ -251,12 +254,16 @@ def exit_signal_during_invalidation(vendor: str, engine: str) -> Result:
         atexit._run_exitfuncs()
         for wrapper in connections.all(initialized_only=True):
             wrapper.connection = None
+        outside.clear()
         gc.collect()
         return {"landed": landed}
 
     def parent_lost() -> bool:
         try:  # A goodbye on the parent's socket is ahead of this query in its stream.
-            return session_id() != parent.session_id
+            return (
+                session_id() != parent.session_id
+                or outside[0].query(SESSION_SQL[vendor])[0][0] != outside_session
+            )
         except Exception:
             return True
 
