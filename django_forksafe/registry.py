@@ -279,6 +279,12 @@ def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: b
         if sqlite.is_sqlite(raw):
             sqlite.retire_inherited(raw, database)
         return
+    if not sockets.still_holds(fd, raw):
+        # The child closed the inherited descriptor, and the number may hold
+        # something of its own by now (Celery's workers close what they
+        # inherited): never touch it, nor let the driver close it.
+        keep_forever(raw)
+        return
     # psycopg_pool's close_returns=True: close() would give the connection
     # back to the inherited pool (whose lock another thread may have held).
     if getattr(raw, "_pool", None) is not None:

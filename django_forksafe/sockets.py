@@ -17,7 +17,8 @@ before any code of the child runs; without it, the at-fork handler (or, for
 a fork behind Python's back, the first checkout) scans ``/proc/self/fd``.
 
 The endpoints are the peers of the connections Django opened here (one
-``getpeername()`` per new raw connection, never per pooled checkout), and
+``getpeername()`` and one ``fstat()`` per new raw connection, never per
+pooled checkout), and
 those the settings name without a DNS lookup (IP addresses, ``localhost``,
 Unix sockets). For a driver without ``fileno()``, the peer is read from its
 socket object, or else the settings' host name is resolved once.
@@ -48,6 +49,9 @@ _unix_suffixes: set[str] = set()
 _native_complete = True
 # Raw connections whose peer is known: a pool hands the same one out again.
 _peers_known: weakref.WeakSet[Any] = weakref.WeakSet()
+# The socket (device, inode) each raw connection's descriptor held when it
+# was opened: a child may close what it inherited and reuse the number.
+_socket_ids: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
 # Host names resolved for drivers without fileno() (once per host and port).
 _resolved: set[tuple[str, int]] = set()
 
@@ -84,6 +88,10 @@ def remember_peer(raw: Any, vendor: str = "", settings_dict: Mapping[str, Any] |
     except TypeError:  # Not weakly referenceable: looked at every time.
         pass
     fd = _fileno(raw)
+    if fd is not None:
+        with contextlib.suppress(OSError, TypeError):  # TypeError: not weakly referenceable.
+            status = os.fstat(fd)
+            _socket_ids[raw] = (status.st_dev, status.st_ino)
     if fd is not None and NATIVE is not None and NATIVE.is_database_socket(fd):
         return  # A new connection to a recorded server: one getpeername() in C.
     sock = _socket_of(raw)
@@ -251,6 +259,22 @@ def put_over(source: int, fd: int, inheritable: bool = False) -> bool:
             # close what they inherited).
         return False
     return True
+
+
+def still_holds(fd: int, raw: Any) -> bool:
+    """Whether descriptor `fd` still holds the socket `raw` was opened with
+    (True where that is not known)."""
+    try:
+        expected = _socket_ids.get(raw)
+    except TypeError:  # Not weakly referenceable.
+        return True
+    if expected is None:
+        return True
+    try:
+        status = os.fstat(fd)
+    except OSError:  # Closed.
+        return False
+    return (status.st_dev, status.st_ino) == expected
 
 
 def silenced_inside_fork() -> bool:

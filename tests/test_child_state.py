@@ -376,6 +376,23 @@ def test_control_connection_above_a_lowered_descriptor_limit_is_parents(vendor: 
 
 @MECHANISMS
 @SERVERS
+def test_descriptor_reused_by_child_left_alone(vendor: str, native: str) -> None:
+    result = run_with("libc_fork_descriptor_reused_by_child", vendor, native=native)
+    assert result["own_file"] == "before\nafter\n"
+    assert result["write_error"] is None
+    assert result["query_error"] is None
+    assert result["connection_created_in_child"] is True
+    assert_kept_session(result)
+
+
+@SERVERS
+def test_control_descriptor_reused_by_child_gets_the_query(vendor: str) -> None:
+    result = run("libc_fork_descriptor_reused_by_child", vendor, "plain")
+    assert result["query_error"] is not None  # Run on the parent's connection, whose number holds the file.
+
+
+@MECHANISMS
+@SERVERS
 def test_exit_during_invalidation_never_frees_an_inherited_connection(vendor: str, native: str) -> None:
     """A SystemExit (gunicorn's SIGQUIT handler) between any two lines of a
     child's invalidation, then the interpreter's exit: no driver's goodbye."""

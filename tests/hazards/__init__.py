@@ -93,6 +93,7 @@ SCENARIOS: dict[str, Scenario] = {
     "libc_fork_connection_above_lowered_limit_closed_first": robustness.connection_above_lowered_limit(
         libc_fork, closed_first=True
     ),
+    "libc_fork_descriptor_reused_by_child": robustness.descriptor_reused_by_child,
     "pool_close_returns": robustness.pool_close_returns,
     **{f"raw_connection_to_{where}": robustness.raw_connection_to(where) for where in ("hostname", "socket", "hosts")},
     # SQLite.

@@ -120,6 +120,47 @@ def connection_above_lowered_limit(fork: Fork, closed_first: bool = False) -> Ca
     return scenario
 
 
+def descriptor_reused_by_child(vendor: str, engine: str) -> Result:
+    """A child forked behind Python's back closes the descriptor of the
+    parent's connection (as Celery's workers close what they inherited), and
+    the number then holds a file of the child's own, before its first query.
+    Invalidation at that query must leave the number alone: the child's
+    file gets what the child writes to it, and nothing else. With Django's
+    ENGINE, the query goes to the file's number, and fails (mysqlclient
+    then closes the child's file)."""
+    import tempfile
+
+    monitor = setup(vendor, engine)
+    parent = parent_of(monitor)
+    number = connection("default").connection.fileno()
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "own")
+
+        def work() -> Result:
+            os.close(number)
+            own = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if own != number:
+                os.dup2(own, number)
+                os.close(own)
+            os.write(number, b"before\n")
+            observations: Result = {"query_error": None}
+            try:
+                observations.update(own_session())
+            except Exception as exc:
+                observations["query_error"] = f"{type(exc).__name__}: {exc}"
+            try:
+                os.write(number, b"after\n")
+                observations["write_error"] = None
+            except OSError as exc:
+                observations["write_error"] = str(exc)
+            return observations
+
+        result = run_child(work, libc_fork)
+        with open(path, "rb") as written:
+            result["own_file"] = written.read().decode("latin-1")
+    return {**result, **parent.check()}
+
+
 # Our code, where a signal handler can land during invalidation.
 OUR_MODULES = ("registry.py", "sqlite.py", "sockets.py", "wrapper.py")
 
