@@ -231,8 +231,9 @@ class silencing:  # Lower case: used as a function, as contextlib.suppress is.
 
 def _devnull() -> int:
     try:
-        return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:  # Out of descriptors: the connections are kept, unused, instead.
+        with sockets.headroom():
+            return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # Out of descriptors all the same: the connections are kept, unused, instead.
         logger.exception("django-forksafe could not open %s", os.devnull)
         return -1
 

@@ -30,6 +30,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import resource
 import socket
 import stat
 import weakref
@@ -286,14 +287,40 @@ def silenced_inside_fork() -> bool:
     return bool(complete)
 
 
+class headroom:  # Lower case: used as a function, as contextlib.suppress is.
+    """``with headroom()``: room for a few descriptors more than RLIMIT_NOFILE
+    allows, for a child forked with none left, which needs a few to silence
+    what it inherited (/dev/null, /proc/self/fd, a socket pair). The limit is
+    put back after; what was opened meanwhile stays open above it."""
+
+    __slots__ = ("_limits",)
+
+    def __enter__(self) -> None:
+        self._limits: tuple[int, int] | None = None
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft + 8 <= hard):
+            with contextlib.suppress(OSError, ValueError):  # Refused: without, then.
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft + 8, hard))
+                self._limits = (soft, hard)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._limits is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self._limits)
+
+
 def silence_inherited() -> int:
     """In a child: silence every socket to a database endpoint, unless the C
     extension already did inside fork(). Returns how many."""
     if not (_endpoints or _unix_suffixes) or silenced_inside_fork():
         return 0
+    with headroom():
+        return _silence_database_sockets()
+
+
+def _silence_database_sockets() -> int:
     try:
         descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:  # No /proc (not Linux): Django's own connections only.
+    except (FileNotFoundError, NotADirectoryError):  # No /proc (not Linux): Django's own connections only.
         return 0
     dead_end = None
     silenced = 0
@@ -311,7 +338,11 @@ def silence_inherited() -> int:
                     closed.close()
                 put_over(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
                 silenced += 1
-            except Exception:  # Closed meanwhile, or an odd socket: on to the next.
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE):
+                    raise  # Out of descriptors even with headroom(): the caller logs it.
+                continue  # Closed meanwhile: on to the next.
+            except Exception:  # An odd socket: on to the next.
                 continue
     finally:
         if dead_end is not None:

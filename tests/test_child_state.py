@@ -375,6 +375,22 @@ def test_control_connection_above_a_lowered_descriptor_limit_is_parents(vendor: 
 
 
 @MECHANISMS
+@FORKS
+@SERVERS
+def test_forked_out_of_descriptors_parent_keeps_its_sessions(fork: str, vendor: str, native: str) -> None:
+    result = run_with(f"{fork}forked_out_of_descriptors", vendor, native=native)
+    assert result["outside_same_session"] is True
+    assert_kept_session(result)
+
+
+@FORKS
+def test_control_forked_out_of_descriptors_child_ends_parents_sessions(fork: str) -> None:
+    # psycopg sends nothing from its deallocator, so only MySQL has a control.
+    result = run(f"{fork}forked_out_of_descriptors", "mysql", "plain")
+    assert result["outside_same_session"] is not True
+
+
+@MECHANISMS
 @SERVERS
 def test_descriptor_reused_by_child_left_alone(vendor: str, native: str) -> None:
     result = run_with("libc_fork_descriptor_reused_by_child", vendor, native=native)

@@ -94,6 +94,8 @@ SCENARIOS: dict[str, Scenario] = {
         libc_fork, closed_first=True
     ),
     "libc_fork_descriptor_reused_by_child": robustness.descriptor_reused_by_child,
+    "forked_out_of_descriptors": robustness.forked_out_of_descriptors(os.fork),
+    "libc_fork_forked_out_of_descriptors": robustness.forked_out_of_descriptors(libc_fork),
     "pool_close_returns": robustness.pool_close_returns,
     **{f"raw_connection_to_{where}": robustness.raw_connection_to(where) for where in ("hostname", "socket", "hosts")},
     # SQLite.

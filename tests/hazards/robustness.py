@@ -120,6 +120,63 @@ def connection_above_lowered_limit(fork: Fork, closed_first: bool = False) -> Ca
     return scenario
 
 
+def forked_out_of_descriptors(fork: Fork) -> Callable[[str, str], Result]:
+    """The parent forks with no descriptor left below RLIMIT_NOFILE, holding
+    Django's connection and a driver connection it opened outside Django.
+    The child queries (it cannot connect: no descriptor), then ends as an
+    interpreter does, freeing what it inherited: neither of the parent's
+    sessions may hear of it. With Django's ENGINE, mysqlclient's deallocator
+    says goodbye on both."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        import gc
+        import resource
+
+        monitor = setup(vendor, engine)
+        parent = parent_of(monitor)
+        outside = [Monitor(vendor)]  # Freed in the child as it ends.
+        outside_session = outside[0].query(SESSION_SQL[vendor])[0][0]
+
+        def work() -> Result:
+            from django.db import connections
+
+            observations: Result = {"query_error": None}
+            try:
+                observations.update(own_session())
+            except Exception as exc:
+                observations["query_error"] = f"{type(exc).__name__}: {exc}"
+            for wrapper in connections.all(initialized_only=True):
+                wrapper.connection = None
+            outside.clear()
+            gc.collect()
+            return observations
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        filler: list[int] = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        try:
+            # The child reports through a pipe: its two ends, then nothing left.
+            reserved = [os.open(os.devnull, os.O_RDONLY) for _ in range(2)]
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.append(os.open(os.devnull, os.O_RDONLY))
+            for fd in reserved:
+                os.close(fd)
+            pid, read_end = fork_child(work, fork)
+        finally:
+            for fd in filler:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        result = child_report(pid, read_end)
+        try:
+            result["outside_same_session"] = outside[0].query(SESSION_SQL[vendor])[0][0] == outside_session
+        except Exception as exc:
+            result["outside_same_session"] = f"{type(exc).__name__}: {exc}"
+        return {**result, **parent.check()}
+
+    return scenario
+
+
 def descriptor_reused_by_child(vendor: str, engine: str) -> Result:
     """A child forked behind Python's back closes the descriptor of the
     parent's connection (as Celery's workers close what they inherited), and
