@@ -174,3 +174,37 @@ def test_a_failure_during_invalidation_is_logged_and_the_rest_goes_on(caplog: py
     assert record.exc_info is not None and record.exc_info[0] is ValueError
     with pytest.raises(KeyboardInterrupt), logged("never swallowed"):
         raise KeyboardInterrupt
+
+
+def test_the_scan_says_when_it_has_no_descriptor_to_work_with() -> None:
+    """With the hard limit on descriptors reached too (no headroom), the
+    pure-Python scan fails with EMFILE, which invalidation logs: it does not
+    take the missing descriptor for a missing /proc and find nothing."""
+    import errno
+    import os
+    import resource
+
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        outcome = "no error"
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+            try:
+                while True:
+                    os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                pass
+            try:
+                with sockets.headroom():
+                    sockets._silence_database_sockets()
+            except OSError as error:
+                outcome = errno.errorcode.get(error.errno or 0, str(error.errno))
+        finally:
+            os.write(writing, outcome.encode())
+            os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading) as report:
+        outcome = report.read()
+    os.waitpid(pid, 0)
+    assert outcome == "EMFILE"
