@@ -80,9 +80,12 @@ static int dead_fd = -1;
 static dev_t dead_dev;
 static ino_t dead_ino;
 
-/* What the handler did in this process (0 in a process that did not fork). */
+/* What the handler did in this process (0 in a process that did not fork),
+ * and the process it forked from (post_fork's parent_pid: a child may fork
+ * before Python hears of its own fork). */
 static long silenced_count;
 static int scan_failed;
+static pid_t forked_from;
 
 /* The process mark: 1 in the process that armed it, 0 in any child. */
 static volatile unsigned char *mark_page;
@@ -329,6 +332,7 @@ silence_in_child(void)
 
     silenced_count = 0;
     scan_failed = 0;
+    forked_from = getppid();
     if (__atomic_load_n(&endpoint_count, __ATOMIC_ACQUIRE) == 0) {
         goto done;
     }
@@ -464,6 +468,12 @@ last_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
     return Py_BuildValue("(lO)", silenced_count, scan_failed ? Py_False : Py_True);
 }
 
+static PyObject *
+forked_from_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    return PyLong_FromLong((long)forked_from);
+}
+
 /* Python's after-fork-in-child hook, made in C so that a child that needs no
  * Python at the fork touches no Python object (each would cost it a
  * copy-on-write page fault): it calls the registry's handler only when the
@@ -567,6 +577,10 @@ static PyMethodDef methods[] = {
      "last_fork() -> (silenced, complete)\n\n"
      "What the fork handler did in this process: how many sockets it silenced,\n"
      "and whether it could look at every descriptor."},
+    {"forked_from", forked_from_pid, METH_NOARGS,
+     "forked_from() -> int\n\n"
+     "The process this one forked from, as the fork handler saw it (0 if it\n"
+     "did not fork from a process that had imported the extension)."},
     {"after_fork_in_child", after_fork_in_child, METH_NOARGS,
      "after_fork_in_child() -> None\n\n"
      "For os.register_at_fork(after_in_child=...): calls the handler given to\n"

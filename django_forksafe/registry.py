@@ -145,7 +145,9 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     """
     global _known_pid, _scanned_pid
     pid = os.getpid()
-    parent_pid = _known_pid
+    # The process that last invalidated (or imported us) is the parent, unless
+    # the parent forked before its own first use: the fork handler saw which.
+    parent_pid = (NATIVE.forked_from() if NATIVE is not None else 0) or _known_pid
     aliases = _forget_connections(pid)
     if _scanned_pid != pid:
         with logged("could not silence the inherited sockets to the database servers"):

@@ -352,6 +352,17 @@ def test_post_fork_signal_once_after_invalidation(scenario: str, vendor: str) ->
     assert_kept_session(result)
 
 
+@SERVERS
+def test_post_fork_in_a_grandchild_names_its_parent(vendor: str) -> None:
+    # The grandchild's receiver, connected in it, hears post_fork at its
+    # first query where the C extension defers invalidation to then.
+    require_native()
+    result = run("post_fork_in_grandchild", vendor)
+    assert result["heard_parent_pids"] == [result["parent_of_grandchild"]]
+    assert result["connection_created_in_child"] is True
+    assert_kept_session(result)
+
+
 def test_several_aliases_and_vendors() -> None:
     result = run("several_aliases", "postgresql")
     for alias, parent in result["parents"].items():

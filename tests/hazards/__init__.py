@@ -44,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "libc_fork_concurrent": lambda vendor, engine: basic.concurrent(vendor, engine, libc_fork),
     **{f"libc_fork_{trigger}": detection.libc_fork_then(trigger) for trigger in LIBC_FORK_TRIGGERS},
     "post_fork_signal": detection.post_fork_signal(os.fork),
+    "post_fork_in_grandchild": detection.post_fork_in_grandchild,
     "libc_fork_post_fork_signal": detection.post_fork_signal(libc_fork),
     "registry_lock_held_at_fork": detection.registry_lock_held_at_fork,
     "signal_lock_held_at_fork": detection.signal_lock_held_at_fork,

@@ -180,6 +180,33 @@ def post_fork_signal(fork: Callable[[], int]) -> Callable[[str, str], Result]:
     return scenario
 
 
+def post_fork_in_grandchild(vendor: str, engine: str) -> Result:
+    """A child that never uses the database forks a grandchild, which
+    connects a post_fork receiver and queries: post_fork names the child as
+    its parent (with the C extension, the child never ran Python at its
+    fork: no receiver wanted it)."""
+    monitor = setup(vendor, engine)
+    parent = parent_of(monitor)
+
+    def grandchild() -> Result:
+        from django_forksafe.signals import post_fork
+
+        heard: list[int] = []
+
+        def receiver(sender: object, parent_pid: int, aliases: list[str], **kwargs: Any) -> None:
+            heard.append(parent_pid)
+
+        post_fork.connect(receiver, weak=False)
+        own = own_session()
+        return {**own, "heard_parent_pids": heard, "parent_of_grandchild": os.getppid()}
+
+    def child() -> Result:
+        return run_child(grandchild)
+
+    result = run_child(child)
+    return {**result, **parent.check()}
+
+
 def registry_lock_held_at_fork(vendor: str, engine: str) -> Result:
     """A process forked behind Python's back (P) notices it in one thread,
     which is still inside the invalidation (held in a post_fork receiver)
