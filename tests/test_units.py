@@ -129,6 +129,19 @@ def test_uwsgi_hook_detection() -> None:
     assert uwsgi_detection.hook_missing() is None  # Not under uWSGI here.
 
 
+@pytest.mark.parametrize("kind", ["folder", "module"])
+def test_a_project_file_named_uwsgi_is_not_uwsgi(kind: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A uwsgi/ folder of .ini files, or a WSGI module named uwsgi.py, beside
+    # manage.py: neither is taken for uWSGI, nor imported.
+    if kind == "folder":
+        (tmp_path / "uwsgi").mkdir()
+    else:
+        (tmp_path / "uwsgi.py").write_text("raise AssertionError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not uwsgi_detection.running_under_uwsgi()
+    assert uwsgi_detection.hook_missing() is None
+
+
 def test_the_c_extension_knows_a_connection_to_a_recorded_server() -> None:
     """A new raw connection's peer is looked up in C (one getpeername(), no
     allocation) before Python does it the long way."""

@@ -19,12 +19,9 @@ import sys
 from collections.abc import Callable
 
 from django_forksafe import registry
-from django_forksafe.contrib.uwsgi_detection import hook_installed
+from django_forksafe.contrib.uwsgi_detection import embedded_uwsgi, hook_installed
 
-try:
-    import uwsgi
-except ImportError:  # Not running under uWSGI.
-    uwsgi = None
+uwsgi = embedded_uwsgi()  # None outside uWSGI.
 
 # What importing uwsgidecorators assigns, replacing what the app set.
 UWSGIDECORATORS_SETS = ("spooler", "post_fork_hook", "mule_msg_hook")

@@ -7,7 +7,6 @@ nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from typing import Any
 
@@ -17,8 +16,18 @@ HINT = (
 )
 
 
+def embedded_uwsgi() -> Any:
+    """uWSGI's own module, which uWSGI puts in sys.modules before it loads
+    the application; never a file of that name on sys.path (a project's
+    uwsgi.py or uwsgi/ folder), which is not imported here."""
+    module = sys.modules.get("uwsgi")
+    if module is None or getattr(module, "__file__", None) is not None:
+        return None
+    return module
+
+
 def running_under_uwsgi() -> bool:
-    return "uwsgi" in sys.modules or importlib.util.find_spec("uwsgi") is not None
+    return embedded_uwsgi() is not None
 
 
 def hook_installed(uwsgi: Any) -> bool:
@@ -32,10 +41,9 @@ def hook_installed(uwsgi: Any) -> bool:
 def hook_missing() -> str | None:
     """Why this uWSGI process's children are not covered at the fork itself,
     if they are not."""
-    if not running_under_uwsgi():
+    uwsgi = embedded_uwsgi()
+    if uwsgi is None:
         return None
-    import uwsgi  # Importable only inside a uWSGI process.
-
     options = getattr(uwsgi, "opt", {})
     if hook_installed(uwsgi):
         return None
