@@ -8,10 +8,12 @@ from typing import Any, TypeVar
 
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import DatabaseErrorWrapper
 from django.utils.asyncio import async_unsafe
+from django.utils.functional import cached_property
 
 from django_forksafe import pools, registry, sockets, sqlite
-from django_forksafe.detection import PROCESS_MARK
+from django_forksafe.detection import NATIVE, PROCESS_MARK
 
 WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
 # Before any test patches it (Django's runner imports us at setup()).
@@ -76,6 +78,16 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     @atomic_blocks.setter
     def atomic_blocks(self, blocks: list[Any]) -> None:
         self._forksafe_atomic_blocks = blocks
+
+    if NATIVE is None:
+        # Without the C extension, an inherited socket is live until
+        # invalidation, and a cursor held across a fork behind Python's back
+        # fetches without a checkout: Django's cursors enter this around
+        # every fetch and iteration too. (With it, that socket is dead since
+        # the fork: a fetch fails, and sends nothing.)
+        @cached_property
+        def wrap_database_errors(self) -> DatabaseErrorWrapper:
+            return _CheckedDatabaseErrorWrapper(self)
 
     def validate_no_broken_transaction(self) -> None:
         # Every execute() of a cursor, one held across the fork included.
@@ -171,6 +183,20 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.autocommit = False  # As before the first connect().
         self.errors_occurred = False
         self.health_check_done = False
+
+
+class _CheckedDatabaseErrorWrapper(DatabaseErrorWrapper):
+    """Django's error wrapper, which its cursors enter around every execute,
+    fetch (fetchone, fetchmany, fetchall) and iteration, with the process
+    mark read first: a cursor held across a fork behind Python's back (a
+    server-side one, part way through QuerySet.iterator()) fetches nothing
+    more on the parent's session."""
+
+    def __enter__(self) -> None:
+        # Django's does nothing (tests/test_django_internals.py pins it), and
+        # calling it would cost every query a frame more.
+        if not PROCESS_MARK[0]:
+            registry.invalidate_if_forked()
 
 
 def _checked_ensure_connection(cls: type[Any], next_class: type) -> Callable[[Any], None]:

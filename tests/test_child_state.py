@@ -54,6 +54,22 @@ def test_control_held_cursor_runs_on_parent_session(fork: str, vendor: str) -> N
 
 @MECHANISMS
 @FORKS
+def test_held_server_side_cursor_never_fetches_from_parent(fork: str, native: str) -> None:
+    result = run_with(f"{fork}held_server_side_cursor", "postgresql", native=native)
+    assert result["child_rows"] is None and result["child_fetch_error"]
+    assert result["parent_next_rows"] == list(range(11, 21))
+    assert_kept_session(result)
+
+
+@FORKS
+def test_control_held_server_side_cursor_fetches_parents_rows(fork: str) -> None:
+    result = run(f"{fork}held_server_side_cursor", "postgresql", "plain")
+    assert result["child_rows"] == list(range(11, 21))
+    assert result["parent_next_rows"] == list(range(21, 31))
+
+
+@MECHANISMS
+@FORKS
 @SERVERS
 def test_ensure_connection_then_raw_connection_is_childs_own(fork: str, vendor: str, native: str) -> None:
     result = run_with(f"{fork}ensure_connection_then_raw", vendor, native=native)

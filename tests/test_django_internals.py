@@ -7,7 +7,9 @@ of a child's state inherited:
   on the strength of its body being `if self.connection is None: <connect>`;
 - _forksafe_forget_connection() resets, by hand, the connection and
   transaction state that Django's __init__(), connect() and close() set;
-- the PostgreSQL pool code reads the class's _connection_pools dict.
+- the PostgreSQL pool code reads the class's _connection_pools dict;
+- DatabaseErrorWrapper.__enter__() does nothing: the checked one in
+  wrapper.py does not call it.
 
 Fast: no server, no fork.
 """
@@ -115,6 +117,14 @@ def test_ensure_connection_body_is_what_the_wrapper_writes_out(django_db_blocker
     ]
     assert len(body) == 1 and isinstance(body[0], ast.If) and not body[0].orelse, ast.unparse(definition)
     assert ast.unparse(body[0].test) == "self.connection is None", ast.unparse(definition)
+
+
+def test_database_error_wrapper_enter_does_nothing() -> None:
+    from django.db.utils import DatabaseErrorWrapper
+
+    definition = ast.parse(textwrap.dedent(inspect.getsource(DatabaseErrorWrapper.__enter__))).body[0]
+    assert isinstance(definition, ast.FunctionDef)
+    assert [type(node) for node in definition.body] == [ast.Pass], ast.unparse(definition)
 
 
 def test_ensure_connection_written_out_only_over_djangos() -> None:

@@ -78,6 +78,7 @@ SCENARIOS: dict[str, Scenario] = {
         for prefix, fork in (("", os.fork), ("libc_fork_", libc_fork))
         for name, make in (
             ("held_cursor", state.held_cursor),
+            ("held_server_side_cursor", state.held_server_side_cursor),
             ("ensure_connection_then_raw", state.ensure_connection_then_raw),
             ("close_pool", state.close_pool),
             ("atomic_in_child", state.atomic_in_child),

@@ -49,6 +49,38 @@ def held_cursor(fork: Fork) -> Callable[[str, str], Result]:
     return scenario
 
 
+def held_server_side_cursor(fork: Fork) -> Callable[[str, str], Result]:
+    """PostgreSQL: the parent is part way through a server-side cursor
+    (QuerySet.iterator(), chunked_cursor()) when it forks, and the child
+    fetches on from it: an error is acceptable; rows from the parent's
+    session never, and the parent's next rows stay the parent's."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        from django.db import connection
+
+        monitor = setup(vendor, engine)
+        parent = parent_of(monitor)
+        cursor = connection.chunked_cursor()
+        cursor.execute("SELECT generate_series(1, 100)")
+        first = [row[0] for row in cursor.fetchmany(10)]
+
+        def work() -> Result:
+            observations: Result = {"child_rows": None, "child_fetch_error": None}
+            try:
+                observations["child_rows"] = [row[0] for row in cursor.fetchmany(10)]
+            except Exception as exc:
+                observations["child_fetch_error"] = f"{type(exc).__name__}: {exc}"
+            return observations
+
+        result = run_child(work, fork)
+        result["parent_first_rows"] = first
+        result["parent_next_rows"] = [row[0] for row in cursor.fetchmany(10)]
+        cursor.close()
+        return {**result, **parent.check()}
+
+    return scenario
+
+
 def ensure_connection_then_raw(fork: Fork) -> Callable[[str, str], Result]:
     """connection.ensure_connection(), then connection.connection used
     directly (LISTEN/NOTIFY, raw psycopg): a session of the child's own."""
