@@ -89,6 +89,43 @@ def test_call_command_raises_command_error_with_the_exit_status() -> None:
     assert "returncode 3" in process.stdout, process.stderr
 
 
+@pytest.mark.parametrize("engine", ["forksafe", "plain"])
+def test_in_memory_sqlite_has_nothing_to_check(engine: str) -> None:
+    # Every child works on a private copy: no hazard, on either ENGINE.
+    process = manage(
+        "sqlite3", engine, "forksafe_check", "--format", "json", check=False, timeout=600,
+        FORKSAFE_SQLITE_NAME=":memory:",
+    )
+    assert process.returncode == 0, process.stderr
+    (result,) = json.loads(process.stdout)
+    assert result["in_memory"] is True and result["hazards"] == []
+    table = manage("sqlite3", engine, "forksafe_check", FORKSAFE_SQLITE_NAME=":memory:")
+    assert "in memory: nothing to check" in table.stdout and "-> use" not in table.stdout
+
+
+def test_unknown_engine_reported_as_such_with_the_engines_there_are() -> None:
+    # Settings of their own: testproject's models need a loadable ENGINE.
+    process = subprocess.run(
+        [sys.executable, "-c", (
+            "import django\n"
+            "from django.conf import settings\n"
+            "settings.configure(INSTALLED_APPS=['django_forksafe'],\n"
+            "    DATABASES={'default': {'ENGINE': 'django_forksafe.backends.nosuch', 'NAME': 'x'}})\n"
+            "django.setup()\n"
+            "from django.core.management import call_command, CommandError\n"
+            "try:\n    call_command('forksafe_check', '--format', 'json')\n"
+            "except CommandError as error:\n    print(f'returncode {error.returncode}: {error}')\n"
+        )],
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH}, capture_output=True, text=True, timeout=120,
+    )
+    output, status = process.stdout.rsplit("\n", 2)[:2]
+    assert status == "returncode 1: The ENGINE of default cannot be loaded.", process.stdout + process.stderr
+    (result,) = json.loads(output)
+    assert result["misconfigured"] is True
+    assert "'django_forksafe.backends.nosuch' is not a django-forksafe ENGINE" in result["error"]
+    assert "'django_forksafe.backends.postgresql'" in result["error"]
+
+
 def test_unknown_alias() -> None:
     process = manage("sqlite3", "forksafe", "forksafe_check", "--database", "nosuch", check=False, timeout=600)
     assert process.returncode == 1

@@ -26,7 +26,8 @@ from django_forksafe.backends import suggest_engine
 from django_forksafe.hazards import HAZARDS, Observations, child_report, fork_child
 from django_forksafe.wrapper import ForkSafeMixin
 
-# Distinct from CommandError's 1 (bad arguments, unknown alias).
+# Distinct from CommandError's 1 (bad arguments, unknown alias, an ENGINE
+# that cannot be loaded).
 EXIT_HAZARD_OPEN = 3
 EXIT_UNREACHABLE = 4
 
@@ -35,7 +36,7 @@ class Command(BaseCommand):
     help = (
         "Fork real children against each database and report, hazard by hazard, "
         "whether the parent kept its server session. Exit status 3 when a hazard "
-        "is open, 4 when a database cannot be reached."
+        "is open, 4 when a database cannot be reached, 1 when an ENGINE cannot be loaded."
     )
     requires_system_checks: list[str] = []
 
@@ -75,6 +76,9 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(results, indent=2))
         else:
             self.write_table(results)
+        misconfigured = [result["alias"] for result in results if result.get("misconfigured")]
+        if misconfigured:
+            raise CommandError(f"The ENGINE of {', '.join(misconfigured)} cannot be loaded.")
         open_aliases = [result["alias"] for result in results if any(not h["safe"] for h in result["hazards"])]
         if open_aliases:
             raise CommandError(f"Fork hazards open on {', '.join(open_aliases)}.", returncode=EXIT_HAZARD_OPEN)
@@ -92,13 +96,21 @@ class Command(BaseCommand):
 
     def check_alias(self, alias: str, timeout: float) -> dict[str, Any]:
         engine = connections.settings[alias]["ENGINE"]
-        try:
-            forksafe = issubclass(connections[alias].__class__, ForkSafeMixin)
-        except Exception:  # An ENGINE that cannot even be loaded.
-            forksafe = False
         result: dict[str, Any] = {
-            "alias": alias, "engine": engine, "forksafe": forksafe, "fork_detection": detection.METHOD, "hazards": []
+            "alias": alias, "engine": engine, "forksafe": False, "fork_detection": detection.METHOD, "hazards": []
         }
+        try:
+            wrapper = connections[alias]
+        except Exception as exc:  # The settings' fault, not the server's: say all Django says.
+            causes = [str(cause) for cause in (exc.__cause__,) if cause is not None]
+            result.update(reachable=False, misconfigured=True, error=" ".join([*causes, str(exc)]))
+            return result
+        result["forksafe"] = isinstance(wrapper, ForkSafeMixin)
+        is_in_memory_db = getattr(wrapper, "is_in_memory_db", None)  # SQLite's.
+        if callable(is_in_memory_db) and is_in_memory_db():
+            # Nothing to share: every child works on a private copy of it.
+            result.update(reachable=True, in_memory=True)
+            return result
         self.progress(f"{alias}: connecting...")
         reachable = self.probe(alias, "reachable", timeout)
         result["reachable"] = reachable["safe"]
@@ -164,8 +176,16 @@ class Command(BaseCommand):
             cache = result.get("kind") == "cache"
             heading = f"{'cache ' if cache else ''}{result['alias']}  ({result['engine']})"
             self.stdout.write(self.style.MIGRATE_HEADING(heading))
+            if result.get("misconfigured"):
+                self.stdout.write(f"  {self.style.ERROR('ENGINE NOT LOADED')}  {result['error']}")
+                continue
             if not result["reachable"]:
                 self.stdout.write(f"  {self.style.ERROR('UNREACHABLE')}  {result['error']}")
+                continue
+            if result.get("in_memory"):
+                self.stdout.write(
+                    "  in memory: nothing to check; every child works on a private copy of the database"
+                )
                 continue
             for hazard in result["hazards"]:
                 status = self.style.SUCCESS("safe") if hazard["safe"] else self.style.ERROR("OPEN")
