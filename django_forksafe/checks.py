@@ -5,25 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Info, Warning
+from django.core.checks import CheckMessage, Error, Info, Warning
 from django.db import connections
 
 
-def check_engines(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
-    """Every database ENGINE, and every memcached cache BACKEND, that is not fork-safe."""
+def check_engines(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every database ENGINE, and every memcached cache BACKEND, that is not
+    fork-safe; and any of ours that cannot be loaded."""
     return check_database_engines() + check_cache_backends()
 
 
-def check_database_engines() -> list[Warning]:
-    from django_forksafe.backends import suggest_engine
+def check_database_engines() -> list[CheckMessage]:
+    from django_forksafe.backends import suggest_engine, why_not_loaded
     from django_forksafe.wrapper import ForkSafeMixin
 
-    warnings = []
+    warnings: list[CheckMessage] = []
     for alias in connections:
         engine = connections.settings[alias]["ENGINE"]
         try:
             wrapper_class = type(connections[alias])
-        except Exception:  # Django reports an ENGINE it cannot load.
+        except Exception as exc:
+            # Django says so at the first query; for our names, say it here.
+            if str(engine).startswith("django_forksafe."):
+                warnings.append(
+                    Error(
+                        f"Database {alias!r} uses ENGINE {engine!r}, which cannot be loaded: {why_not_loaded(exc)}",
+                        obj=alias,
+                        id="django_forksafe.E001",
+                    )
+                )
             continue
         if not issubclass(wrapper_class, ForkSafeMixin) and engine != "django.db.backends.dummy":
             warnings.append(
@@ -37,14 +47,14 @@ def check_database_engines() -> list[Warning]:
     return warnings
 
 
-def check_cache_backends() -> list[Warning]:
+def check_cache_backends() -> list[CheckMessage]:
     """A memcached BACKEND (pylibmc, pymemcache) whose client a child would share."""
     from django.core.cache.backends.memcached import BaseMemcachedCache
     from django.utils.module_loading import import_string
 
     from django_forksafe.cache import ForkSafeMemcachedMixin, suggest_backend
 
-    warnings = []
+    warnings: list[CheckMessage] = []
     for alias, entry in getattr(settings, "CACHES", {}).items():
         backend = str(entry.get("BACKEND", ""))
         try:

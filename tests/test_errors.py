@@ -27,6 +27,36 @@ def test_unknown_engine_lists_available_engines() -> None:
     assert "forksafe()" in message
 
 
+@pytest.mark.parametrize("package", ["django_forksafe.backends", "django_forksafe.backends.gis"])
+def test_the_package_given_as_engine_is_named_as_such(package: str) -> None:
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        load_backend(package)
+    assert f"{package!r} is not a django-forksafe ENGINE" in str(excinfo.value.__cause__)
+
+
+def test_system_check_names_an_engine_of_ours_that_cannot_be_loaded() -> None:
+    # Before the first query: manage.py check says what Django would say then.
+    process = subprocess.run(
+        [sys.executable, "-c", (
+            "import django\n"
+            "from django.conf import settings\n"
+            "settings.configure(INSTALLED_APPS=['django_forksafe'], DATABASES={\n"
+            "    'default': {'ENGINE': 'django_forksafe.backends.nosuch', 'NAME': 'x'},\n"
+            "    'other': {'ENGINE': 'some_other.nosuch', 'NAME': 'x'}})\n"
+            "django.setup()\n"
+            "from django_forksafe.checks import check_engines\n"
+            "for message in check_engines():\n    print(message.id, message.obj, message.msg)\n"
+        )],
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH}, capture_output=True, text=True, timeout=60,
+    )
+    (line,) = process.stdout.splitlines() or [process.stderr]
+    assert line.startswith(
+        "django_forksafe.E001 default Database 'default' uses ENGINE 'django_forksafe.backends.nosuch', "
+        "which cannot be loaded: 'django_forksafe.backends.nosuch' is not a django-forksafe ENGINE. "
+        "Available ENGINEs: 'django_forksafe.backends.mysql'"
+    ), line
+
+
 def test_unknown_names_are_missing_modules_to_importlib() -> None:
     import importlib.util
 

@@ -34,6 +34,16 @@ def suggest_engine(engine: str) -> str:
     return f"a base.py with DatabaseWrapper = django_forksafe.forksafe(<{engine}>.base.DatabaseWrapper)"
 
 
+def why_not_loaded(error: BaseException) -> str:
+    """What Django's error on loading an ENGINE says, where it matters: ours
+    alone for an unknown name under this package (Django's own points at
+    django.db.backends), else Django's and what caused it."""
+    cause = error.__cause__
+    if isinstance(cause, ModuleNotFoundError) and (cause.name or "").startswith(f"{__name__}."):
+        return str(cause)
+    return " ".join(str(part) for part in (error, cause) if part is not None)
+
+
 class _UnknownEngineFinder(importlib.abc.MetaPathFinder):
     # Last on sys.meta_path: asked only about modules no other finder found.
     def find_spec(
@@ -42,10 +52,13 @@ class _UnknownEngineFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname.rpartition(".")[0] not in (__name__, f"{__name__}.gis"):
+        package, _, name = fullname.rpartition(".")
+        if package not in (__name__, f"{__name__}.gis"):
             return None
+        # Django imports ENGINE + ".base": for the package itself, name that.
+        engine = package if name == "base" else fullname
         raise ModuleNotFoundError(
-            f"{fullname!r} is not a django-forksafe ENGINE. Available ENGINEs: "
+            f"{engine!r} is not a django-forksafe ENGINE. Available ENGINEs: "
             f"{', '.join(map(repr, ENGINES))}. To make another backend fork-safe, "
             "wrap its DatabaseWrapper with django_forksafe.forksafe() in a base.py "
             "of your own (see the README).",

@@ -22,7 +22,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from django_forksafe import detection
-from django_forksafe.backends import suggest_engine
+from django_forksafe.backends import suggest_engine, why_not_loaded
 from django_forksafe.hazards import HAZARDS, Observations, child_report, fork_child
 from django_forksafe.wrapper import ForkSafeMixin
 
@@ -101,9 +101,8 @@ class Command(BaseCommand):
         }
         try:
             wrapper = connections[alias]
-        except Exception as exc:  # The settings' fault, not the server's: say all Django says.
-            causes = [str(cause) for cause in (exc.__cause__,) if cause is not None]
-            result.update(reachable=False, misconfigured=True, error=" ".join([*causes, str(exc)]))
+        except Exception as exc:  # The settings' fault, not the server's.
+            result.update(reachable=False, misconfigured=True, error=why_not_loaded(exc))
             return result
         result["forksafe"] = isinstance(wrapper, ForkSafeMixin)
         is_in_memory_db = getattr(wrapper, "is_in_memory_db", None)  # SQLite's.
