@@ -69,7 +69,10 @@ def _add(endpoint: Endpoint, suffix: bool = False) -> None:
     if NATIVE is None:
         return
     if kind == "unix":
-        added = NATIVE.add_endpoint(socket.AF_UNIX, os.fsencode(str(where)), suffix=suffix)
+        try:
+            added = NATIVE.add_endpoint(socket.AF_UNIX, os.fsencode(str(where)), suffix=suffix)
+        except ValueError:  # Longer than a socket address holds: nothing can connect there.
+            return
     else:
         address = ipaddress.ip_address(kind)
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6

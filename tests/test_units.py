@@ -61,6 +61,17 @@ def test_settings_endpoints_recorded_without_dns(
         assert sockets._is_database(endpoint), endpoint
 
 
+def test_a_socket_path_too_long_for_a_socket_address_is_the_drivers_to_refuse() -> None:
+    # As with Django's ENGINE, the error comes at connect, from the driver:
+    # making the wrapper (recording its endpoints) does not fail.
+    from django.db.utils import ConnectionHandler
+
+    from tests import dbconfig
+
+    handler = ConnectionHandler({"default": dbconfig.database("postgresql", HOST="/" + "x" * 200, PORT="5432")})
+    assert handler["default"].settings_dict["HOST"].startswith("/x")
+
+
 def test_a_host_name_is_not_resolved_from_settings() -> None:
     sockets.remember_settings("postgresql", {"HOST": "db.forksafe.invalid", "PORT": "6010"})
     assert not any(port == 6010 for _, port in sockets._endpoints)
