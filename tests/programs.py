@@ -95,6 +95,23 @@ def manage(
     return process
 
 
+def with_engines(engines: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter, after django.setup() with our app alone
+    and one database alias per ENGINE in `engines` (settings testproject's
+    models could not import with, such as an ENGINE that cannot be loaded)."""
+    databases = {alias: {"ENGINE": engine, "NAME": "x"} for alias, engine in engines.items()}
+    setup = (
+        "import django\n"
+        "from django.conf import settings\n"
+        f"settings.configure(INSTALLED_APPS=['django_forksafe'], DATABASES={databases!r})\n"
+        "django.setup()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", setup + code],
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH}, capture_output=True, text=True, timeout=120,
+    )
+
+
 def prepare(vendor: str) -> None:
     manage(vendor, "forksafe", "migrate", "--verbosity", "0")
     manage(vendor, "forksafe", "seed", "--products", str(PRODUCTS))

@@ -14,6 +14,7 @@ from django.db.utils import load_backend
 
 from django_forksafe import ForkSafeMixin, forksafe
 from tests import IMPORT_PATH
+from tests.programs import with_engines
 
 
 def test_unknown_engine_lists_available_engines() -> None:
@@ -36,18 +37,10 @@ def test_the_package_given_as_engine_is_named_as_such(package: str) -> None:
 
 def test_system_check_names_an_engine_of_ours_that_cannot_be_loaded() -> None:
     # Before the first query: manage.py check says what Django would say then.
-    process = subprocess.run(
-        [sys.executable, "-c", (
-            "import django\n"
-            "from django.conf import settings\n"
-            "settings.configure(INSTALLED_APPS=['django_forksafe'], DATABASES={\n"
-            "    'default': {'ENGINE': 'django_forksafe.backends.nosuch', 'NAME': 'x'},\n"
-            "    'other': {'ENGINE': 'some_other.nosuch', 'NAME': 'x'}})\n"
-            "django.setup()\n"
-            "from django_forksafe.checks import check_engines\n"
-            "for message in check_engines():\n    print(message.id, message.obj, message.msg)\n"
-        )],
-        env={**os.environ, "PYTHONPATH": IMPORT_PATH}, capture_output=True, text=True, timeout=60,
+    process = with_engines(
+        {"default": "django_forksafe.backends.nosuch", "other": "some_other.nosuch"},
+        "from django_forksafe.checks import check_engines\n"
+        "for message in check_engines():\n    print(message.id, message.obj, message.msg)\n",
     )
     (line,) = process.stdout.splitlines() or [process.stderr]
     assert line.startswith(

@@ -13,7 +13,7 @@ import pytest
 from django_forksafe.checks import check_mechanism
 from django_forksafe.hazards import HAZARDS
 from tests import IMPORT_PATH, dbconfig
-from tests.programs import PROJECT, free_port, manage, prepare, project_env, require
+from tests.programs import PROJECT, free_port, manage, prepare, project_env, require, with_engines
 from tests.utils import require_native
 
 # What Django's plain ENGINE leaves open for certain, per vendor.
@@ -104,20 +104,11 @@ def test_in_memory_sqlite_has_nothing_to_check(engine: str) -> None:
 
 
 def test_unknown_engine_reported_as_such_with_the_engines_there_are() -> None:
-    # Settings of their own: testproject's models need a loadable ENGINE.
-    process = subprocess.run(
-        [sys.executable, "-c", (
-            "import django\n"
-            "from django.conf import settings\n"
-            "settings.configure(INSTALLED_APPS=['django_forksafe'],\n"
-            "    DATABASES={'default': {'ENGINE': 'django_forksafe.backends.nosuch', 'NAME': 'x'}})\n"
-            "django.setup()\n"
-            "from django.core.management import call_command, CommandError\n"
-            "try:\n    call_command('forksafe_check', '--format', 'json')\n"
-            "except CommandError as error:\n    print(f'returncode {error.returncode}: {error}')\n"
-        )],
-        env={**os.environ, "PYTHONPATH": IMPORT_PATH}, capture_output=True, text=True, timeout=120,
-    )
+    process = with_engines({"default": "django_forksafe.backends.nosuch"}, (
+        "from django.core.management import call_command, CommandError\n"
+        "try:\n    call_command('forksafe_check', '--format', 'json')\n"
+        "except CommandError as error:\n    print(f'returncode {error.returncode}: {error}')\n"
+    ))
     output, status = process.stdout.rsplit("\n", 2)[:2]
     assert status == "returncode 1: The ENGINE of default cannot be loaded.", process.stdout + process.stderr
     (result,) = json.loads(output)
