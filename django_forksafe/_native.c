@@ -80,12 +80,19 @@ static int dead_fd = -1;
 static dev_t dead_dev;
 static ino_t dead_ino;
 
-/* What the handler did in this process (0 in a process that did not fork),
- * and the process it forked from (post_fork's parent_pid: a child may fork
- * before Python hears of its own fork). */
+/* What the handler did in this process (0 in a process that did not fork). */
 static long silenced_count;
 static int scan_failed;
+
+/* post_fork's parent_pid, which Python cannot always know: a child may fork
+ * before Python hears of its own fork. This process's pid, kept since the
+ * import and by the handler in each child; there, the parent's is what the
+ * memory it copied says (getppid() would say 1 once a daemonizing parent
+ * has exited), and handled_in tells whether the handler ran in this very
+ * process (not after a raw clone(), which copies forked_from as it is). */
+static pid_t own_pid;
 static pid_t forked_from;
+static pid_t handled_in;
 
 /* The process mark: 1 in the process that armed it, 0 in any child. */
 static volatile unsigned char *mark_page;
@@ -332,7 +339,8 @@ silence_in_child(void)
 
     silenced_count = 0;
     scan_failed = 0;
-    forked_from = getppid();
+    forked_from = own_pid;
+    own_pid = handled_in = getpid();
     if (__atomic_load_n(&endpoint_count, __ATOMIC_ACQUIRE) == 0) {
         goto done;
     }
@@ -471,7 +479,7 @@ last_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 static PyObject *
 forked_from_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    return PyLong_FromLong((long)forked_from);
+    return PyLong_FromLong(handled_in != 0 && handled_in == getpid() ? (long)forked_from : 0L);
 }
 
 /* Python's after-fork-in-child hook, made in C so that a child that needs no
@@ -579,8 +587,8 @@ static PyMethodDef methods[] = {
      "and whether it could look at every descriptor."},
     {"forked_from", forked_from_pid, METH_NOARGS,
      "forked_from() -> int\n\n"
-     "The process this one forked from, as the fork handler saw it (0 if it\n"
-     "did not fork from a process that had imported the extension)."},
+     "The process this one forked from, as the fork handler saw it (0 if the\n"
+     "handler did not run in this process)."},
     {"after_fork_in_child", after_fork_in_child, METH_NOARGS,
      "after_fork_in_child() -> None\n\n"
      "For os.register_at_fork(after_in_child=...): calls the handler given to\n"
@@ -617,6 +625,7 @@ PyInit__native(void)
     }
     if (!initialized) {
         /* Once per process, even if the module is loaded again. */
+        own_pid = getpid();
         long page_size = sysconf(_SC_PAGESIZE);
         void *page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (page != MAP_FAILED) {

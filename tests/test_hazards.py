@@ -252,10 +252,11 @@ def test_control_child_closes_raw_connection(vendor: str) -> None:
 
 @SERVERS
 def test_failure_to_silence_still_forgets_inherited_connection(vendor: str) -> None:
-    """Out of descriptors, the child cannot silence by redirection: it keeps
-    the inherited connection unused for good, and forgets it all the same."""
+    """Out of descriptors at its first query, the child forgets the inherited
+    connection all the same (the C extension needs no descriptor; without
+    it, silencing takes a moment's headroom above the limit, and then frees
+    the inherited number, so that the first query may even connect)."""
     result = run("libc_fork_out_of_descriptors", vendor)
-    assert result["first_query"] != "succeeded"  # No descriptor for a connection of its own.
     assert result["holds_inherited"] is False
     assert result["child_session"] != result["parent_session"]  # Once descriptors are back.
     assert_kept_session(result)
@@ -355,10 +356,11 @@ def test_post_fork_signal_once_after_invalidation(scenario: str, vendor: str) ->
 @SERVERS
 def test_post_fork_in_a_grandchild_names_its_parent(vendor: str) -> None:
     # The grandchild's receiver, connected in it, hears post_fork at its
-    # first query where the C extension defers invalidation to then.
+    # first query where the C extension defers invalidation to then; its
+    # parent has exited by then (a daemonizing double fork).
     require_native()
     result = run("post_fork_in_grandchild", vendor)
-    assert result["heard_parent_pids"] == [result["parent_of_grandchild"]]
+    assert result["heard_parent_pids"] == [result["middle_pid"]]
     assert result["connection_created_in_child"] is True
     assert_kept_session(result)
 

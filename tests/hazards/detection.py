@@ -181,29 +181,45 @@ def post_fork_signal(fork: Callable[[], int]) -> Callable[[str, str], Result]:
 
 
 def post_fork_in_grandchild(vendor: str, engine: str) -> Result:
-    """A child that never uses the database forks a grandchild, which
-    connects a post_fork receiver and queries: post_fork names the child as
-    its parent (with the C extension, the child never ran Python at its
-    fork: no receiver wanted it)."""
+    """A daemonizing double fork: a child that never uses the database forks
+    a grandchild and leaves at once. The grandchild, once its parent is gone,
+    connects a post_fork receiver and queries: post_fork names that parent
+    (with the C extension, the child ran no Python at its fork, no receiver
+    wanting it; and by then its pid is no longer the grandchild's getppid())."""
     monitor = setup(vendor, engine)
     parent = parent_of(monitor)
+    report_read, report_write = os.pipe()
 
-    def grandchild() -> Result:
+    def grandchild(middle: int, middle_gone: int) -> Result:
         from django_forksafe.signals import post_fork
 
+        os.read(middle_gone, 1)  # End of file: the middle process has exited.
         heard: list[int] = []
 
         def receiver(sender: object, parent_pid: int, aliases: list[str], **kwargs: Any) -> None:
             heard.append(parent_pid)
 
         post_fork.connect(receiver, weak=False)
-        own = own_session()
-        return {**own, "heard_parent_pids": heard, "parent_of_grandchild": os.getppid()}
+        return {**own_session(), "heard_parent_pids": heard, "middle_pid": middle}
 
-    def child() -> Result:
-        return run_child(grandchild)
-
-    result = run_child(child)
+    pid = os.fork()
+    if pid == 0:  # The middle process.
+        os.close(report_read)
+        middle = os.getpid()
+        gone_read, gone_write = os.pipe()
+        if os.fork() == 0:
+            os.close(gone_write)
+            try:
+                observations = grandchild(middle, gone_read)
+            except BaseException as exc:
+                observations = {"child_error": f"{type(exc).__name__}: {exc}"}
+            os.write(report_write, json.dumps(observations).encode())
+            os._exit(0)
+        os._exit(0)  # At once, as a daemonizing parent does.
+    os.close(report_write)
+    os.waitpid(pid, 0)
+    with os.fdopen(report_read) as report:
+        result: Result = json.loads(report.read() or '{"child_error": "no report"}')
     return {**result, **parent.check()}
 
 
@@ -280,8 +296,7 @@ def signal_lock_held_at_fork(vendor: str, engine: str) -> Result:
 
 def out_of_descriptors(vendor: str, engine: str) -> Result:
     """A child forked behind Python's back has no descriptor left when it
-    first queries: invalidation cannot open /dev/null, and the child cannot
-    connect. The inherited connection must be forgotten all the same."""
+    first queries. The inherited connection must be forgotten all the same."""
     import resource
 
     monitor = setup(vendor, engine)
