@@ -18,6 +18,7 @@ from django_forksafe.detection import NATIVE, PROCESS_MARK
 WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
 # Before any test patches it (Django's runner imports us at setup()).
 _DJANGOS_ENSURE_CONNECTION = BaseDatabaseWrapper.ensure_connection
+_DJANGOS_WRAP_DATABASE_ERRORS = vars(BaseDatabaseWrapper)["wrap_database_errors"]
 
 
 class ForkSafeMixin(BaseDatabaseWrapper):
@@ -52,6 +53,16 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             setattr(cls, "close_pool", _checked_method(next_class, "close_pool"))  # noqa: B010
         if isinstance(getattr(next_class, "pool", None), property) and "pool" not in vars(cls):
             setattr(cls, "pool", property(_checked_method(next_class, "pool")))  # noqa: B010
+        if NATIVE is None and _defined(next_class, "wrap_database_errors") is _DJANGOS_WRAP_DATABASE_ERRORS:
+            # Without the C extension, an inherited socket is live until
+            # invalidation, and a cursor held across a fork behind Python's
+            # back fetches without a checkout: Django's cursors enter this
+            # around every fetch and iteration too. (With it, that socket is
+            # dead since the fork: a fetch fails, and sends nothing.) A
+            # backend's own error wrapper is left as it is.
+            checked = cached_property(_checked_database_error_wrapper)
+            checked.__set_name__(cls, "wrap_database_errors")
+            cls.wrap_database_errors = checked  # type: ignore[assignment]
         django_pools = getattr(cls, "_connection_pools", None)
         if isinstance(django_pools, dict):
             pools.watch_django_pools(django_pools)
@@ -78,16 +89,6 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     @atomic_blocks.setter
     def atomic_blocks(self, blocks: list[Any]) -> None:
         self._forksafe_atomic_blocks = blocks
-
-    if NATIVE is None:
-        # Without the C extension, an inherited socket is live until
-        # invalidation, and a cursor held across a fork behind Python's back
-        # fetches without a checkout: Django's cursors enter this around
-        # every fetch and iteration too. (With it, that socket is dead since
-        # the fork: a fetch fails, and sends nothing.)
-        @cached_property
-        def wrap_database_errors(self) -> DatabaseErrorWrapper:
-            return _CheckedDatabaseErrorWrapper(self)
 
     def validate_no_broken_transaction(self) -> None:
         # Every execute() of a cursor, one held across the fork included.
@@ -183,6 +184,10 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.autocommit = False  # As before the first connect().
         self.errors_occurred = False
         self.health_check_done = False
+
+
+def _checked_database_error_wrapper(wrapper: BaseDatabaseWrapper) -> DatabaseErrorWrapper:
+    return _CheckedDatabaseErrorWrapper(wrapper)
 
 
 class _CheckedDatabaseErrorWrapper(DatabaseErrorWrapper):

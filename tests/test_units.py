@@ -17,6 +17,7 @@ from django_forksafe.backends import suggest_engine
 from django_forksafe.cache import suggest_backend
 from django_forksafe.contrib import uwsgi_detection
 from django_forksafe.detection import GETPID, WIPEONFORK, make_mark
+from tests.utils import require_native
 
 
 @pytest.mark.parametrize(
@@ -63,13 +64,18 @@ def test_settings_endpoints_recorded_without_dns(
 
 def test_a_socket_path_too_long_for_a_socket_address_is_the_drivers_to_refuse() -> None:
     # As with Django's ENGINE, the error comes at connect, from the driver:
-    # making the wrapper (recording its endpoints) does not fail.
+    # making the wrapper (its endpoints given to the C extension) does not fail.
     from django.db.utils import ConnectionHandler
 
     from tests import dbconfig
 
-    handler = ConnectionHandler({"default": dbconfig.database("postgresql", HOST="/" + "x" * 200, PORT="5432")})
-    assert handler["default"].settings_dict["HOST"].startswith("/x")
+    require_native()
+    host = "/" + "x" * 200
+    handler = ConnectionHandler({"default": dbconfig.database("postgresql", HOST=host, PORT="5432")})
+    try:
+        assert handler["default"].settings_dict["HOST"] == host
+    finally:
+        sockets._endpoints.discard(("unix", f"{host}/.s.PGSQL.5432"))
 
 
 def test_a_host_name_is_not_resolved_from_settings() -> None:
@@ -202,8 +208,9 @@ def test_a_failure_during_invalidation_is_logged_and_the_rest_goes_on(caplog: py
 
 def test_the_scan_says_when_it_has_no_descriptor_to_work_with() -> None:
     """With the hard limit on descriptors reached too (no headroom), the
-    pure-Python scan fails with EMFILE, which invalidation logs: it does not
-    take the missing descriptor for a missing /proc and find nothing."""
+    pure-Python scan fails with EMFILE (for invalidation's logged() to
+    report): it does not take the missing descriptor for a missing /proc and
+    find nothing."""
     import errno
     import os
     import resource
@@ -232,3 +239,39 @@ def test_the_scan_says_when_it_has_no_descriptor_to_work_with() -> None:
         outcome = report.read()
     os.waitpid(pid, 0)
     assert outcome == "EMFILE"
+
+
+def test_a_backends_own_database_error_wrapper_is_left_as_it_is() -> None:
+    """Without the C extension, the mixin checks the mark where Django's
+    error wrapper is entered, and only there: a backend with an error wrapper
+    of its own keeps it, as under Django's plain ENGINE."""
+    import os
+    import subprocess
+    import sys
+
+    from tests import IMPORT_PATH
+
+    code = (
+        "import django\n"
+        "from django.conf import settings\n"
+        "settings.configure()\n"
+        "django.setup()\n"
+        "from django.db.backends.sqlite3 import base\n"
+        "from django.db.utils import DatabaseErrorWrapper, load_backend\n"
+        "from django.utils.functional import cached_property\n"
+        "from django_forksafe import forksafe\n"
+        "class OwnErrors(DatabaseErrorWrapper):\n    pass\n"
+        "class Own(base.DatabaseWrapper):\n"
+        "    @cached_property\n"
+        "    def wrap_database_errors(self):\n        return OwnErrors(self)\n"
+        "settings_dict = {'NAME': ':memory:', 'ENGINE': 'x'}\n"
+        "ours = load_backend('django_forksafe.backends.sqlite3').DatabaseWrapper(settings_dict, 'a')\n"
+        "theirs = forksafe(Own)(settings_dict, 'b')\n"
+        "print(type(ours.wrap_database_errors).__name__, type(theirs.wrap_database_errors).__name__)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH, "DJANGO_FORKSAFE_NATIVE": "0"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert process.stdout.split() == ["_CheckedDatabaseErrorWrapper", "OwnErrors"], process.stderr
