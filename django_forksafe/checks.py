@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Info, Warning
+from django.core.checks import CheckMessage, Info, Warning
 from django.db import connections
 
 
 def check_engines(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every database ENGINE, and every memcached cache BACKEND, that is not
-    fork-safe; and any of ours that cannot be loaded."""
+    fork-safe; and any ENGINE of ours that cannot be loaded."""
     return check_database_engines() + check_cache_backends()
 
 
@@ -25,13 +25,15 @@ def check_database_engines() -> list[CheckMessage]:
         try:
             wrapper_class = type(connections[alias])
         except Exception as exc:
-            # Django says so at the first query; for our names, say it here.
+            # Django says so at the alias's first use; for our names, say it
+            # here already. A warning: an alias never used works, as with
+            # Django's ENGINE (say, where its driver is left out on purpose).
             if str(engine).startswith("django_forksafe."):
                 warnings.append(
-                    Error(
+                    Warning(
                         f"Database {alias!r} uses ENGINE {engine!r}, which cannot be loaded: {why_not_loaded(exc)}",
                         obj=alias,
-                        id="django_forksafe.E001",
+                        id="django_forksafe.W005",
                     )
                 )
             continue

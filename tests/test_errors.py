@@ -44,7 +44,7 @@ def test_system_check_names_an_engine_of_ours_that_cannot_be_loaded() -> None:
     )
     (line,) = process.stdout.splitlines() or [process.stderr]
     assert line.startswith(
-        "django_forksafe.E001 default Database 'default' uses ENGINE 'django_forksafe.backends.nosuch', "
+        "django_forksafe.W005 default Database 'default' uses ENGINE 'django_forksafe.backends.nosuch', "
         "which cannot be loaded: 'django_forksafe.backends.nosuch' is not a django-forksafe ENGINE. "
         "Available ENGINEs: 'django_forksafe.backends.mysql'"
     ), line
