@@ -138,8 +138,8 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     """
     In a new process: silence every recorded connection opened by another
     process and reset the DatabaseWrappers that held them, so that they
-    reconnect lazily; silence the other inherited database sockets; drop
-    inherited pools and clients (the hooks); then send post_fork. Each step may be
+    reconnect lazily; drop inherited pools and clients (the hooks); silence
+    the other inherited database sockets; then send post_fork. Each step may be
     interrupted by a signal handler that closes connections, which then runs
     the rest: whatever is taken is taken once.
     """
@@ -149,15 +149,17 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     # the parent forked before its own first use: the fork handler saw which.
     parent_pid = (NATIVE.forked_from() if NATIVE is not None else 0) or _known_pid
     aliases = _forget_connections(pid)
-    if _scanned_pid != pid:
-        with logged("could not silence the inherited sockets to the database servers"):
-            sockets.silence_inherited()  # Those Django did not open: pools, raw connections.
-        # Only once it has run: a signal handler's exception in it (SystemExit,
-        # KeyboardInterrupt) leaves it to the next invalidation, at exit at the latest.
-        _scanned_pid = pid
     for hook in list(_invalidation_hooks):  # Pools, caches.
         with logged("could not drop an inherited pool or client"):
             hook(pid)
+    if _scanned_pid != pid:
+        # After the pools' hook: the idle connections it silences still hold
+        # their own sockets, which it can then close.
+        with logged("could not silence the inherited sockets to the database servers"):
+            sockets.silence_inherited()  # Those no one told us of: raw connections, other pools.
+        # Only once it has run: a signal handler's exception in it (SystemExit,
+        # KeyboardInterrupt) leaves it to the next invalidation, at exit at the latest.
+        _scanned_pid = pid
     if _known_pid == pid:  # Done meanwhile, post_fork included (by a signal handler).
         return Invalidation(parent_pid, aliases)
     # Before post_fork, so that its receivers can use the database.
