@@ -308,7 +308,8 @@ class headroom:  # Lower case: used as a function, as contextlib.suppress is.
 
     def __exit__(self, *exc_info: object) -> None:
         if self._limits is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, self._limits)
+            with contextlib.suppress(OSError, ValueError):  # The hard limit lowered meanwhile.
+                resource.setrlimit(resource.RLIMIT_NOFILE, self._limits)
 
 
 def silence_inherited() -> int:

@@ -58,7 +58,7 @@ def retire_inherited(raw: Any, database: str | None) -> None:
         raw.set_authorizer(_refuse_all)
 
 
-def _refuse_all(*args: Any) -> int:
+def _refuse_all(*args: object) -> int:
     return _DENY
 
 

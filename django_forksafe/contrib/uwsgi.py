@@ -47,7 +47,7 @@ def install() -> None:
             previous()
 
     hook.forksafe = True  # type: ignore[attr-defined]
-    uwsgi.post_fork_hook = hook
+    uwsgi.post_fork_hook = hook  # type: ignore[attr-defined]  # uWSGI's module, made at run time.
 
 
 def import_uwsgidecorators() -> None:

@@ -8,6 +8,7 @@ nothing.
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 from typing import Any
 
 HINT = (
@@ -16,7 +17,7 @@ HINT = (
 )
 
 
-def embedded_uwsgi() -> Any:
+def embedded_uwsgi() -> ModuleType | None:
     """uWSGI's own module, which uWSGI puts in sys.modules before it loads
     the application; never a file of that name on sys.path (a project's
     uwsgi.py or uwsgi/ folder), which is not imported here."""
