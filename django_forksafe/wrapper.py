@@ -53,14 +53,18 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             setattr(cls, "close_pool", _checked_method(next_class, "close_pool"))  # noqa: B010
         if isinstance(getattr(next_class, "pool", None), property) and "pool" not in vars(cls):
             setattr(cls, "pool", property(_checked_method(next_class, "pool")))  # noqa: B010
-        if NATIVE is None and _defined(next_class, "wrap_database_errors") is _DJANGOS_WRAP_DATABASE_ERRORS:
+        if (
+            NATIVE is None
+            and "wrap_database_errors" not in vars(cls)
+            and _defined(next_class, "wrap_database_errors") is _DJANGOS_WRAP_DATABASE_ERRORS
+        ):
             # Without the C extension, an inherited socket is live until
             # invalidation, and a cursor held across a fork behind Python's
             # back fetches without a checkout: Django's cursors enter this
             # around every fetch and iteration too. (With it, that socket is
             # dead since the fork: a fetch fails, and sends nothing.) A
             # backend's own error wrapper is left as it is.
-            checked = cached_property(_checked_database_error_wrapper)
+            checked = cached_property(_CheckedDatabaseErrorWrapper)
             checked.__set_name__(cls, "wrap_database_errors")
             cls.wrap_database_errors = checked  # type: ignore[assignment]
         django_pools = getattr(cls, "_connection_pools", None)
@@ -184,10 +188,6 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.autocommit = False  # As before the first connect().
         self.errors_occurred = False
         self.health_check_done = False
-
-
-def _checked_database_error_wrapper(wrapper: BaseDatabaseWrapper) -> DatabaseErrorWrapper:
-    return _CheckedDatabaseErrorWrapper(wrapper)
 
 
 class _CheckedDatabaseErrorWrapper(DatabaseErrorWrapper):
