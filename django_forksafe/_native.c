@@ -532,7 +532,9 @@ static PyObject *
 mark_getitem(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(index))
 {
     unsigned char armed = mark_page != NULL ? *mark_page : mark_fallback;
-    return PyLong_FromLong(armed);
+    /* A bool, not an int: the cheapest for the `if not PROCESS_MARK[0]:`
+     * that every query runs twice (no conversion, and truth at a glance). */
+    return Py_NewRef(armed ? Py_True : Py_False);
 }
 
 static int

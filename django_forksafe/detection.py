@@ -2,7 +2,7 @@
 Knowing, with one memory load and no system call, whether this process is
 the one whose connections the registry holds, whatever kind of fork made it.
 
-``PROCESS_MARK[0]`` reads 1 in the process that armed it and 0 in any child,
+``PROCESS_MARK[0]`` reads true in the process that armed it and false in any child,
 forked through Python or behind its back (uWSGI, C extensions calling
 ``fork()``): the mark is a private anonymous page marked ``MADV_WIPEONFORK``
 (Linux 4.14 and later), which the kernel hands to every child zero-filled.
