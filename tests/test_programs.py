@@ -158,12 +158,16 @@ def test_control_uwsgi_spooler_and_mule(vendor: str, tmp_path: Path) -> None:
                 enqueue(port, "spooler", 1)
                 spooled = wait_for_events(monitor, run, "spooler", 1, log)
                 enqueue(port, "mule", 1)
-                muled = wait_for_events(monitor, run, "mule", 1, log)
+                try:
+                    muled = wait_for_events(monitor, run, "mule", 1, log)
+                except pytest.fail.Exception:  # The mule hung on the shared session: the hazard itself.
+                    muled = []
         finally:
             monitor.query("DELETE FROM shop_event WHERE run = %s", (run,))
     master = json.loads(report.read_text())
     # On the master's session; not necessarily both: the shared session may
-    # break under them (the hazard itself), and Django then reconnects.
+    # break under them, or hang the mule (the hazard itself), and Django then
+    # reconnects.
     assert master["session"] in {e["session"] for e in spooled + muled}
     assert master["pid"] not in {e["pid"] for e in spooled + muled}
 
