@@ -12,8 +12,9 @@ from django.db.utils import DatabaseErrorWrapper
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
-from django_forksafe import pools, registry, sockets, sqlite
+from django_forksafe import endpoints, pools, registry, silencing, sqlite
 from django_forksafe.detection import NATIVE, PROCESS_MARK
+from django_forksafe.subclassing import defined_after, fork_safe_subclass
 
 WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
 # Before any test patches it (Django's runner imports us at setup()).
@@ -38,7 +39,7 @@ class ForkSafeMixin(BaseDatabaseWrapper):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        sockets.remember_settings(self.vendor, self.settings_dict)
+        endpoints.remember_settings(self.vendor, self.settings_dict)
         pools.created(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -50,13 +51,13 @@ class ForkSafeMixin(BaseDatabaseWrapper):
             cls.ensure_connection = _checked_ensure_connection(cls, next_class)  # type: ignore[method-assign,assignment]
         # Django's PostgreSQL pool (5.1 and later), where the backend has one.
         if callable(getattr(next_class, "close_pool", None)) and "close_pool" not in vars(cls):
-            setattr(cls, "close_pool", _checked_method(next_class, "close_pool"))  # noqa: B010
+            setattr(cls, "close_pool", _checked_method(cls, "close_pool"))  # noqa: B010
         if isinstance(getattr(next_class, "pool", None), property) and "pool" not in vars(cls):
-            setattr(cls, "pool", property(_checked_method(next_class, "pool")))  # noqa: B010
+            setattr(cls, "pool", property(_checked_method(cls, "pool")))  # noqa: B010
         if (
             NATIVE is None
             and "wrap_database_errors" not in vars(cls)
-            and _defined(next_class, "wrap_database_errors") is _DJANGOS_WRAP_DATABASE_ERRORS
+            and defined_after(cls, ForkSafeMixin, "wrap_database_errors") is _DJANGOS_WRAP_DATABASE_ERRORS
         ):
             # Without the C extension, an inherited socket is live until
             # invalidation, and a cursor held across a fork behind Python's
@@ -117,7 +118,8 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
             registry.track(self, connection)
-            sockets.remember_peer(connection, self.vendor, self.settings_dict)
+            silencing.remember_socket(connection)
+            endpoints.remember_peer(connection, self.vendor, self.settings_dict)
             if self.vendor == "sqlite":
                 refusal = sqlite.guard_new_connection(connection, str(self.settings_dict["NAME"]))
                 if refusal is not None:
@@ -245,9 +247,10 @@ def _checked_ensure_connection(cls: type[Any], next_class: type) -> Callable[[An
     return checked_ensure_connection
 
 
-def _checked_method(next_class: type, name: str) -> Callable[..., Any]:
-    """`name` of next_class (a method, or a property's getter), after the check."""
-    attribute = _defined(next_class, name)
+def _checked_method(cls: type, name: str) -> Callable[..., Any]:
+    """`name` as ForkSafeMixin's super() finds it in `cls` (a method, or a
+    property's getter), after the check."""
+    attribute = defined_after(cls, ForkSafeMixin, name)
     function: Callable[..., Any] = attribute.fget if isinstance(attribute, property) else attribute  # type: ignore[assignment]
 
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -257,14 +260,6 @@ def _checked_method(next_class: type, name: str) -> Callable[..., Any]:
     checked.__name__ = checked.__qualname__ = name
     checked.__doc__ = function.__doc__
     return checked
-
-
-def _defined(klass: type, name: str) -> Any:
-    """The attribute `name` as defined on `klass` or its nearest base (not bound)."""
-    for base in klass.__mro__:
-        if name in vars(base):
-            return vars(base)[name]
-    raise AttributeError(name)
 
 
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
@@ -284,14 +279,7 @@ def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
             f"backend's base.DatabaseWrapper; got {wrapper_class!r} "
             f"(of type {type(wrapper_class).__qualname__})."
         )
-    if issubclass(wrapper_class, ForkSafeMixin):
-        return wrapper_class
-    namespace = {
-        "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
-        "__qualname__": wrapper_class.__qualname__,
-        "__doc__": f"Fork-safe {wrapper_class.__module__}.{wrapper_class.__qualname__}.",
-    }
-    return type(wrapper_class.__name__, (ForkSafeMixin, wrapper_class), namespace)  # type: ignore[return-value]
+    return fork_safe_subclass(wrapper_class, ForkSafeMixin, sys._getframe(1).f_globals.get("__name__", __name__))
 
 
 def _invalidate_if_forked(**kwargs: Any) -> None:
