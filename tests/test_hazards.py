@@ -469,3 +469,30 @@ def test_third_party_backend_made_forksafe(scenario: str) -> None:
 
 def test_control_third_party_backend() -> None:
     assert_lost_session(run("child_closes", "postgresql", "thirdparty"))
+
+
+@pytest.mark.parametrize("scenario", ["child_closes", "child_queries", "fork_in_atomic", "libc_fork_query"])
+def test_backend_made_forksafe_through_a_project_mixin(scenario: str) -> None:
+    """class ProjectMixin(ForkSafeMixin), then class W(ProjectMixin, Backend)."""
+    result = run(scenario, "postgresql", "projectmixin-forksafe")
+    if scenario == "fork_in_atomic":
+        assert result["committed_after_rollback"] == [2, 3]
+    else:
+        assert_kept_session(result)
+
+
+@pytest.mark.parametrize("scenario", ["pool", "pool_warmed_up"])
+def test_django_pool_through_a_project_mixin(scenario: str) -> None:
+    """Django's pool dict is watched through a project's mixin too: the
+    children never use the parent's pooled sessions (the control is
+    test_control_connection_pool_*, on Django's plain ENGINE)."""
+    needs_psycopg3()
+    result = run(scenario, "postgresql", "projectmixin-forksafe")
+    parent_pool = set(result["parent_pool_sessions"])
+    assert parent_pool
+    for child in result["children"]:
+        assert not parent_pool & set(child["sessions"])
+    assert result["parent_pool_alive"]
+    if scenario == "pool":
+        assert_kept_session(result)
+        assert result["parent_errors"] == []
