@@ -286,6 +286,24 @@ def test_control_raw_connection_outside_django(vendor: str) -> None:
     assert not result["raw_session_on_server"]
 
 
+def test_raw_connection_in_other_threads_local_kept_by_the_c_extension() -> None:
+    """Only fork() itself silences a socket whose connection CPython frees in
+    the child before any Python hook runs (README, Limits)."""
+    require_native()
+    result = run("raw_connection_in_other_threads_local", "mysql")
+    assert result["raw_error"] is None
+    assert result["raw_same_session"]
+
+
+@pytest.mark.parametrize("engine", ["forksafe", "plain"])
+def test_control_raw_connection_in_other_threads_local_lost_on_the_pure_python_path(engine: str) -> None:
+    """The limit README states: without the C extension (and with Django's
+    ENGINE), mysqlclient's deallocator says COM_QUIT from CPython's own
+    after-fork clean-up. (psycopg says nothing when freed: MySQL only.)"""
+    result = run("raw_connection_in_other_threads_local", "mysql", engine, DJANGO_FORKSAFE_NATIVE="0")
+    assert any(message in str(result["raw_error"]) for message in LOST_SESSION), result
+
+
 def server_sockets(descriptors: dict[str, str], vendor: str) -> dict[str, str]:
     port = dbconfig.server(vendor)["PORT"]
     return {fd: kind for fd, kind in descriptors.items() if kind.startswith("socket") and f", {port})" in kind}
