@@ -12,6 +12,7 @@ invalidation.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -123,15 +124,38 @@ def _forget_connection_pool() -> None:
     pool_container.lock = threading.Lock()  # Another thread may have held it.
 
 
-def _forget_geventpool() -> None:
-    # django-db-geventpool: pools in a class-level dict by alias, and cached
-    # on each wrapper as _pool.
-    from django_db_geventpool.backends.base import DatabaseWrapperMixin
+def geventpool_containers() -> list[dict[str, Any]]:
+    """Where django-db-geventpool keeps its pools by alias: the class-level
+    DatabaseWrapperMixin._connection_pools (4.x), or a module-level
+    connection_pools in its backend modules (older releases)."""
+    containers: list[dict[str, Any]] = []
+    base = sys.modules.get("django_db_geventpool.backends.base")
+    mixin = getattr(base, "DatabaseWrapperMixin", None)
+    if isinstance(getattr(mixin, "_connection_pools", None), dict):
+        containers.append(mixin._connection_pools)  # type: ignore[union-attr]
+    for name, module in list(sys.modules.items()):
+        pools = getattr(module, "connection_pools", None) if name.startswith("django_db_geventpool.") else None
+        if isinstance(pools, dict) and not any(pools is known for known in containers):
+            containers.append(pools)
+    if not containers:
+        from importlib.metadata import version
 
-    pools = DatabaseWrapperMixin._connection_pools
-    for alias, pool in list(pools.items()):
-        keep_forever(pool)
-        del pools[alias]
+        raise RuntimeError(
+            f"django-db-geventpool {version('django-db-geventpool')} keeps its pools neither in "
+            "DatabaseWrapperMixin._connection_pools (4.x) nor in a module-level connection_pools "
+            "(earlier releases): django-forksafe cannot drop the inherited ones. Their sockets are "
+            "silenced all the same; report the version, or drop the pools in a post_fork receiver."
+        )
+    return containers
+
+
+def _forget_geventpool() -> None:
+    # django-db-geventpool: pools in a dict by alias, and cached on each
+    # wrapper as _pool.
+    for pools in geventpool_containers():
+        for alias, pool in list(pools.items()):
+            keep_forever(pool)
+            del pools[alias]
     for wrapper in list(_wrappers):
         if getattr(wrapper, "_pool", None) is not None:
             wrapper._pool = None
