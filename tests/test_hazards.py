@@ -290,7 +290,7 @@ def test_raw_connection_in_other_threads_local_kept_by_the_c_extension() -> None
     """Only fork() itself silences a socket whose connection CPython frees in
     the child before any Python hook runs (README, Limits)."""
     require_native()
-    result = run("raw_connection_in_other_threads_local", "mysql")
+    result = run("raw_connection_in_other_threads_local", "mysql", DJANGO_FORKSAFE_NATIVE="1")
     assert result["raw_error"] is None
     assert result["raw_same_session"]
 
@@ -474,9 +474,12 @@ def test_control_connection_pool_children_use_parent_sessions() -> None:
     assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
 
 
+# A third-party backend through forksafe(), and Django's through a project's
+# own mixin (class ProjectMixin(ForkSafeMixin), then class W(ProjectMixin, Backend)).
+@pytest.mark.parametrize("engine", ["thirdparty-forksafe", "projectmixin-forksafe"])
 @pytest.mark.parametrize("scenario", ["child_closes", "child_queries", "fork_in_atomic", "libc_fork_query"])
-def test_third_party_backend_made_forksafe(scenario: str) -> None:
-    result = run(scenario, "postgresql", "thirdparty-forksafe")
+def test_third_party_backend_made_forksafe(scenario: str, engine: str) -> None:
+    result = run(scenario, "postgresql", engine)
     if scenario == "fork_in_atomic":
         assert result["committed_after_rollback"] == [2, 3]
     else:
@@ -487,16 +490,6 @@ def test_third_party_backend_made_forksafe(scenario: str) -> None:
 
 def test_control_third_party_backend() -> None:
     assert_lost_session(run("child_closes", "postgresql", "thirdparty"))
-
-
-@pytest.mark.parametrize("scenario", ["child_closes", "child_queries", "fork_in_atomic", "libc_fork_query"])
-def test_backend_made_forksafe_through_a_project_mixin(scenario: str) -> None:
-    """class ProjectMixin(ForkSafeMixin), then class W(ProjectMixin, Backend)."""
-    result = run(scenario, "postgresql", "projectmixin-forksafe")
-    if scenario == "fork_in_atomic":
-        assert result["committed_after_rollback"] == [2, 3]
-    else:
-        assert_kept_session(result)
 
 
 @pytest.mark.parametrize("scenario", ["pool", "pool_warmed_up"])
