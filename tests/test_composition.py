@@ -127,6 +127,22 @@ def test_a_backends_own_ensure_connection_is_called_on_every_cursor(
             wrapper.close()
 
 
+@pytest.mark.parametrize("form", ["forksafe", "direct", "through_project_mixin"])
+def test_a_patch_of_a_backends_own_ensure_connection_applies(form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As under Django's plain ENGINE: the checked one looks the backend's
+    up when it runs."""
+    backend: Any = type("Own", (OwnEnsure,), {"calls": []})
+    wrapper = compositions(backend)[form]()({**SETTINGS}, "composition")
+    patched: list[Any] = []
+
+    def ensure_connection(self: Any) -> None:  # A function: bound as a method is.
+        patched.append(self)
+
+    monkeypatch.setattr(backend, "ensure_connection", ensure_connection)
+    wrapper.ensure_connection()
+    assert patched == [wrapper]
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_every_composition_checks_what_forksafe_checks_on_sqlite(form: str) -> None:
     wrapper_class = compositions(sqlite_base.DatabaseWrapper)[form]()
