@@ -54,7 +54,7 @@ def check_cache_backends() -> list[CheckMessage]:
     from django.core.cache.backends.memcached import BaseMemcachedCache
     from django.utils.module_loading import import_string
 
-    from django_forksafe.cache import ForkSafeMemcachedMixin, suggest_backend
+    from django_forksafe.cache import ForkSafeMemcachedMixin, backend_hint
 
     warnings: list[CheckMessage] = []
     for alias, entry in getattr(settings, "CACHES", {}).items():
@@ -72,7 +72,7 @@ def check_cache_backends() -> list[CheckMessage]:
                 Warning(
                     f"Cache {alias!r} uses BACKEND {backend!r}, which is not fork-safe: forked "
                     "processes share its connections and read each other's values.",
-                    hint=f"Use BACKEND = {suggest_backend(backend)!r}.",
+                    hint=backend_hint(backend),
                     obj=alias,
                     id="django_forksafe.W004",
                 )

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import resource
 import socket
 import stat
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from django_forksafe.detection import NATIVE
@@ -326,16 +327,22 @@ def _silence_database_sockets() -> int:
         descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
     except (FileNotFoundError, NotADirectoryError):  # No /proc (not Linux): Django's own connections only.
         return 0
+    return _put_dead_ends([(fd, _is_database) for fd in descriptors])
+
+
+def _put_dead_ends(targets: Iterable[tuple[int, Callable[[Endpoint], bool]]]) -> int:
+    """Put a dead end over each socket descriptor whose peer the predicate
+    beside it picks. Returns how many."""
     dead_end = None
     silenced = 0
     try:
-        for fd in descriptors:
+        for fd, picked in targets:
             try:
                 if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                     continue
                 with socket.socket(fileno=os.dup(fd)) as sock:
                     endpoint = _endpoint(sock)
-                if endpoint is None or not _is_database(endpoint):
+                if endpoint is None or not picked(endpoint):
                     continue
                 if dead_end is None:
                     dead_end, closed = socket.socketpair()
@@ -352,3 +359,36 @@ def _silence_database_sockets() -> int:
         if dead_end is not None:
             dead_end.close()
     return silenced
+
+def silence_connected(held: list[tuple[socket.socket, str, int]]) -> int:
+    """In a child: put a dead end over the descriptor of each inherited
+    socket object (a cache client's) that is still connected to its server,
+    given as (host, port) or (socket path, 0), whatever the endpoints
+    recorded. A descriptor fork() silenced already, or that the child closed
+    and reused for a peer of another port, is left alone. Returns how many."""
+    targets = []
+    for sock, host, port in held:
+        with contextlib.suppress(OSError):
+            fd = sock.fileno()
+            if fd >= 0:
+                targets.append((fd, functools.partial(_names, host=host, port=port)))
+    if not targets:
+        return 0
+    with headroom():
+        return _put_dead_ends(targets)
+
+
+def _names(endpoint: Endpoint, host: str, port: int) -> bool:
+    """Whether a connected peer is the server `host`, `port` names (a host
+    name: by its port alone, as it is not resolved again in a child)."""
+    if port == 0:
+        return endpoint == ("unix", host)
+    if endpoint[0] == "unix" or endpoint[1] != port:
+        return False
+    try:
+        address = ipaddress.ip_address(host.strip("[]").partition("%")[0])
+    except ValueError:  # A host name, localhost included.
+        return True
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return endpoint[0] == str(address)

@@ -14,7 +14,7 @@ import pytest
 
 from django_forksafe import sockets
 from django_forksafe.backends import suggest_engine
-from django_forksafe.cache import suggest_backend
+from django_forksafe.cache import backend_hint
 from django_forksafe.contrib import uwsgi_detection
 from django_forksafe.detection import GETPID, WIPEONFORK, make_mark
 from tests.utils import require_native
@@ -123,7 +123,7 @@ def test_engine_suggestion(engine: str, suggested: str) -> None:
     ],
 )
 def test_cache_backend_suggestion(backend: str, suggested: str) -> None:
-    assert suggested in suggest_backend(backend)
+    assert suggested in backend_hint(backend)
 
 
 def test_mark_selection() -> None:
