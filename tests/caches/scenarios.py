@@ -51,18 +51,24 @@ def held_ports(library: str) -> set[int]:
     return caches.held_ports(server_port(library))
 
 
-def server_client_ports() -> set[int]:
-    """The client ports memcached lists as connected (``stats conns``)."""
-    host, _, port = caches.MEMCACHED.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"stats conns\r\n")
+def ask(address: tuple[str, int], command: str) -> tuple[bytes, int]:
+    """memcached's reply to `command` (up to its END), on a connection of
+    its own; and that connection's local port."""
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(f"{command}\r\n".encode())
         data = b""
         while not data.endswith(b"END\r\n"):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
-        own = sock.getsockname()[1]
+        return data, int(sock.getsockname()[1])
+
+
+def server_client_ports() -> set[int]:
+    """The client ports memcached lists as connected (``stats conns``)."""
+    host, _, port = caches.MEMCACHED.rpartition(":")
+    data, own = ask((host, int(port)), "stats conns")
     ports = set()
     for line in data.decode().splitlines():
         fields = line.split()  # STAT 24:addr tcp:127.0.0.1:42888
@@ -89,12 +95,17 @@ def set_and_get(rounds: int, tag: str = "") -> Observations:
 class Parent:
     """The parent's connection(s) as they were after its warm-up."""
 
-    def __init__(self, library: str, where: str) -> None:
+    def __init__(self, library: str, where: str, client: Any = None) -> None:
+        """`client`: the client the caller took from the cache, through
+        which alone the parent makes one operation (it connects)."""
         self.library, self.where = library, where
         key = f"{PREFIX}:warm-up"
-        cache().set(key, "warm")
-        assert cache().get(key) == "warm"
-        self.client_id = id(cache()._cache) if library != "redis" else None
+        if client is None:
+            cache().set(key, "warm")
+            assert cache().get(key) == "warm"
+        else:
+            client.set(cache().make_and_validate_key(key), "warm")
+        self.client_id = id(client if client is not None else cache()._cache) if library != "redis" else None
         self.ports = held_ports(library) if where != "unix" else set()
 
     def check(self) -> Observations:
@@ -185,13 +196,21 @@ def other_thread(library: str, where: str, fork: Fork = os.fork) -> Observations
     return {"child": child, **observations}
 
 
-def fork_after_one_operation(library: str, where: str, fork: Fork = os.fork, uses: bool = False) -> Observations:
+def fork_after_one_operation(
+    library: str, where: str, fork: Fork = os.fork, uses: bool = False, unrecorded: bool = False
+) -> Observations:
     """The parent makes one operation (it connects, nothing more) and forks.
     The child (after using the cache, or not) says which of the server's
     connections it holds, and stays while the parent closes its own: the
-    server must then drop the parent's connection, which no child holds."""
+    server must then drop the parent's connection, which no child holds.
+    `unrecorded`: the server's address taken out of the (pure Python)
+    endpoint table, as if the host name had resolved elsewhere."""
     key = f"{PREFIX}:one"
     cache().set(key, "one")
+    if unrecorded:
+        from django_forksafe import sockets
+
+        sockets._endpoints.difference_update({("127.0.0.1", server_port(library)), ("::1", server_port(library))})
     parent_ports = held_ports(library)
     report_read, report_write = os.pipe()
     release_read, release_write = os.pipe()
@@ -228,9 +247,10 @@ def fork_after_one_operation(library: str, where: str, fork: Fork = os.fork, use
 def captured_client(library: str, where: str, fork: Fork = os.fork, cache_first: bool = False) -> Observations:
     """User code holds the client (``mc = cache._cache``) across the fork;
     the child (after using the cache, or not) sets and gets through it
-    twice, and says which of the server's connections it holds."""
-    parent = Parent(library, where)
+    twice, and says which of the server's connections it holds. The parent
+    makes one operation, through that client (it connects, nothing more)."""
     captured = cache()._cache
+    parent = Parent(library, where, captured)
 
     def work() -> Observations:
         if cache_first:
@@ -284,15 +304,7 @@ def runtime_state(library: str, where: str) -> Observations:
 
 def server_has(port: int, key: str) -> bool:
     """Whether the memcached on 127.0.0.1:`port` holds `key` (asked directly)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(f"get {key}\r\n".encode())
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data.startswith(b"VALUE ")
+    return ask(("127.0.0.1", port), f"get {key}")[0].startswith(b"VALUE ")
 
 
 SCENARIOS: dict[str, Callable[[str, str], Observations]] = {
@@ -310,6 +322,9 @@ SCENARIOS: dict[str, Callable[[str, str], Observations]] = {
     "fork_after_one_operation_child_uses": lambda library, where: fork_after_one_operation(library, where, uses=True),
     "libc_fork_after_one_operation_child_uses": lambda library, where: fork_after_one_operation(
         library, where, libc_fork, uses=True
+    ),
+    "fork_after_one_operation_unrecorded": lambda library, where: fork_after_one_operation(
+        library, where, unrecorded=True
     ),
     "captured_client": captured_client,
     "libc_fork_captured_client": lambda library, where: captured_client(library, where, libc_fork),
