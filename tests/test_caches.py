@@ -295,7 +295,7 @@ def test_system_check_hint_for_refused_backend(library: str) -> None:
     backend = caches.BACKENDS[library]["threadlocal"]
     with override_settings(CACHES={"default": {"BACKEND": backend, "LOCATION": caches.MEMCACHED}}):
         (warning,) = check_cache_backends()
-    assert warning.id == "django_forksafe.W004"
+    assert warning.id == "django_forksafe.W004" and warning.hint is not None
     assert "forksafe_cache(<" not in warning.hint
     assert "defines _cache as a property" in warning.hint
     assert "'django_forksafe.cache.PyLibMCCache' or 'django_forksafe.cache.PyMemcacheCache'" in warning.hint

@@ -36,19 +36,19 @@ class _ThreadLocalClient:
         return client
 
 
-class ThreadLocalPyLibMCCache(_ThreadLocalClient, memcached.PyLibMCCache):  # type: ignore[misc]
+class ThreadLocalPyLibMCCache(_ThreadLocalClient, memcached.PyLibMCCache):
     pass
 
 
-class ThreadLocalPyMemcacheCache(_ThreadLocalClient, memcached.PyMemcacheCache):  # type: ignore[misc]
+class ThreadLocalPyMemcacheCache(_ThreadLocalClient, memcached.PyMemcacheCache):
     pass
 
 
-class ForcedThreadLocalPyLibMCCache(ForkSafePyLibMCMixin, ThreadLocalPyLibMCCache):  # type: ignore[misc]
+class ForcedThreadLocalPyLibMCCache(ForkSafePyLibMCMixin, ThreadLocalPyLibMCCache):
     pass
 
 
-class ForcedThreadLocalPyMemcacheCache(ForkSafePyMemcacheMixin, ThreadLocalPyMemcacheCache):  # type: ignore[misc]
+class ForcedThreadLocalPyMemcacheCache(ForkSafePyMemcacheMixin, ThreadLocalPyMemcacheCache):
     pass
 
 
@@ -62,11 +62,11 @@ class _OwnClient:
         return self._class(self.client_servers, **self._options)
 
 
-class OwnPyLibMCCache(_OwnClient, memcached.PyLibMCCache):  # type: ignore[misc]
+class OwnPyLibMCCache(_OwnClient, memcached.PyLibMCCache):
     pass
 
 
-class OwnPyMemcacheCache(_OwnClient, memcached.PyMemcacheCache):  # type: ignore[misc]
+class OwnPyMemcacheCache(_OwnClient, memcached.PyMemcacheCache):
     pass
 
 
