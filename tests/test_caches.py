@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from django_forksafe import sockets
+from django_forksafe import endpoints
 from tests import IMPORT_PATH, caches
 from tests.programs import bin_path, free_port, require, running, stop
 
@@ -377,17 +377,17 @@ def make_cache(library: str, location: Any) -> Any:
 def test_endpoints_from_location_without_dns(library: str, location: Any, expected: set[Any]) -> None:
     caches.require(library)
     make_cache(library, location)
-    assert expected <= sockets._endpoints
+    assert expected <= endpoints._endpoints
 
 
 @LIBRARIES
 def test_host_name_resolved_once_when_made(library: str) -> None:
     # Recorded before the first operation: a parent may fork right after it.
     caches.require(library)
-    sockets._endpoints.discard(("127.0.0.1", 21318))
-    sockets._resolved.discard((caches.HOST_NAME, 21318))
+    endpoints._endpoints.discard(("127.0.0.1", 21318))
+    endpoints._resolved.discard((caches.HOST_NAME, 21318))
     make_cache(library, f"{caches.HOST_NAME}:21318")
-    assert ("127.0.0.1", 21318) in sockets._endpoints
+    assert ("127.0.0.1", 21318) in endpoints._endpoints
 
 
 def test_host_name_server_down_no_slow_path() -> None:

@@ -208,9 +208,9 @@ def fork_after_one_operation(
     key = f"{PREFIX}:one"
     cache().set(key, "one")
     if unrecorded:
-        from django_forksafe import sockets
+        from django_forksafe import endpoints
 
-        sockets._endpoints.difference_update({("127.0.0.1", server_port(library)), ("::1", server_port(library))})
+        endpoints._endpoints.difference_update({("127.0.0.1", server_port(library)), ("::1", server_port(library))})
     parent_ports = held_ports(library)
     report_read, report_write = os.pipe()
     release_read, release_write = os.pipe()
