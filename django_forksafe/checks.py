@@ -72,13 +72,13 @@ def memcached_caches() -> dict[str, tuple[str, type[BaseMemcachedCache]]]:
 
 def check_cache_backends() -> list[CheckMessage]:
     """A memcached BACKEND (pylibmc, pymemcache) whose client a child would share."""
-    from django_forksafe.cache import ForkSafeMemcachedMixin, suggest_backend
+    from django_forksafe.cache import ForkSafeMemcachedMixin, backend_hint
 
     return [
         Warning(
             f"Cache {alias!r} uses BACKEND {backend!r}, which is not fork-safe: forked "
             "processes share its connections and read each other's values.",
-            hint=f"Use BACKEND = {suggest_backend(backend)!r}.",
+            hint=backend_hint(backend),
             obj=alias,
             id="django_forksafe.W004",
         )

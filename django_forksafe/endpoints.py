@@ -177,26 +177,23 @@ def remember_settings(vendor: str, settings_dict: Mapping[str, Any]) -> None:
             _add_ip(address, port)
 
 
-def remember_server(host: str, port: int, resolve: bool = False) -> bool:
+def remember_server(host: str, port: int) -> None:
     """Record a server endpoint named outside DATABASES (a cache's LOCATION):
-    a Unix socket path, an IP address or localhost, without a DNS lookup. A
-    host name is resolved (once) with `resolve`, for a client whose sockets
-    cannot be looked at; else False: record its connected peer instead."""
+    a Unix socket path, an IP address or localhost, without a DNS lookup; a
+    host name resolved once (per process, host and port), so that the
+    endpoint is known before the first connection, and a fork right after it."""
     if host.startswith("/"):
         _add(("unix", host))
-        return True
-    if host in ("", "localhost"):
+    elif host in ("", "localhost"):
         for address in ("127.0.0.1", "::1"):
             _add_ip(address, port)
-        return True
-    try:
-        ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        if resolve:
+    else:
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
             _resolve(host, port)
-        return resolve
-    _add_ip(host, port)
-    return True
+        else:
+            _add_ip(host, port)
 
 
 def peer_of(sock: socket.socket) -> Endpoint | None:
@@ -221,6 +218,23 @@ def is_server(endpoint: Endpoint) -> bool:
     if endpoint in _endpoints:
         return True
     return endpoint[0] == "unix" and any(str(endpoint[1]).endswith(suffix) for suffix in _unix_suffixes)
+
+
+def names(endpoint: Endpoint, host: str, port: int) -> bool:
+    """Whether a connected peer is the server `host`, `port` names, given as
+    (host, port) or (socket path, 0): a host name by its port alone, as it
+    is not resolved again (in a child)."""
+    if port == 0:
+        return endpoint == ("unix", host)
+    if endpoint[0] == "unix" or endpoint[1] != port:
+        return False
+    try:
+        address = ipaddress.ip_address(host.strip("[]").partition("%")[0])
+    except ValueError:  # A host name, localhost included.
+        return True
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return endpoint[0] == str(address)
 
 
 def any_known() -> bool:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import resource
 import socket
 import stat
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django_forksafe import endpoints, sqlite
@@ -147,16 +148,40 @@ def _silence_database_sockets() -> int:
         descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
     except (FileNotFoundError, NotADirectoryError):  # No /proc (not Linux): Django's own connections only.
         return 0
+    return _put_dead_ends([(fd, endpoints.is_server) for fd in descriptors])
+
+
+def silence_connected(held: list[tuple[socket.socket, str, int]]) -> int:
+    """In a child: put a dead end over the descriptor of each inherited
+    socket object (a cache client's) that is still connected to its server,
+    given as (host, port) or (socket path, 0), whatever the endpoints
+    recorded. A descriptor fork() silenced already, or that the child closed
+    and reused for a peer of another port, is left alone. Returns how many."""
+    targets = []
+    for sock, host, port in held:
+        with contextlib.suppress(OSError):
+            fd = sock.fileno()
+            if fd >= 0:
+                targets.append((fd, functools.partial(endpoints.names, host=host, port=port)))
+    if not targets:
+        return 0
+    with headroom():
+        return _put_dead_ends(targets)
+
+
+def _put_dead_ends(targets: Iterable[tuple[int, Callable[[endpoints.Endpoint], bool]]]) -> int:
+    """Put a dead end over each socket descriptor whose peer the predicate
+    beside it picks. Returns how many."""
     dead_end = None
     silenced = 0
     try:
-        for fd in descriptors:
+        for fd, picked in targets:
             try:
                 if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                     continue
                 with socket.socket(fileno=os.dup(fd)) as sock:
                     endpoint = endpoints.peer_of(sock)
-                if endpoint is None or not endpoints.is_server(endpoint):
+                if endpoint is None or not picked(endpoint):
                     continue
                 if dead_end is None:
                     dead_end, closed = socket.socketpair()

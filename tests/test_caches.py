@@ -8,6 +8,7 @@ checks the pid at every checkout), under the same load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -165,6 +167,175 @@ def test_control_other_threads_client_quits_in_child() -> None:
     assert not result["parent_ports_on_server"], result
 
 
+# A host name in LOCATION, a parent that forks after one operation ----------------
+
+AFTER_ONE = ["fork_after_one_operation", "fork_after_one_operation_child_uses",
+             "libc_fork_after_one_operation_child_uses"]
+
+
+@LIBRARIES
+@MECHANISMS
+@pytest.mark.parametrize("scenario", AFTER_ONE)
+def test_host_name_fork_after_one_operation_child_holds_nothing_of_parent(
+    scenario: str, library: str, native: str
+) -> None:
+    result = run(scenario, library, where="hostname", native=native)
+    child = result["child"]
+    assert "child_error" not in child, result
+    assert result["parent_ports"] and not set(result["parent_ports"]) & set(child["ports"]), result
+    # No child keeps the parent's connection open: the server drops it at the parent's close().
+    assert not result["listed_after_close"], result
+
+
+def test_unrecorded_server_child_holds_nothing_of_parent() -> None:
+    # The address the host name resolved to when the cache was made is not
+    # the one connected to (pure Python, whose table the scenario can edit):
+    # the child's walk through the inherited clients silences it all the same.
+    result = run("fork_after_one_operation_unrecorded", "pymemcache", where="hostname", native="0")
+    assert result["parent_ports"] and not set(result["parent_ports"]) & set(result["child"]["ports"]), result
+    assert not result["listed_after_close"], result
+
+
+@LIBRARIES
+@pytest.mark.parametrize("scenario", AFTER_ONE)
+def test_control_host_name_child_keeps_parent_connection(scenario: str, library: str) -> None:
+    result = run(scenario, library, "plain", where="hostname")
+    assert set(result["parent_ports"]) <= set(result["child"]["ports"]), result
+    if library == "pymemcache":  # pylibmc's disconnect_all() says quit: the server drops it at once.
+        assert result["listed_after_close"], result
+
+
+# A client captured before the fork ------------------------------------------------
+
+
+@LIBRARIES
+@MECHANISMS
+@pytest.mark.parametrize("where", ["tcp", "hostname"])
+@pytest.mark.parametrize("scenario", ["captured_client", "libc_fork_captured_client_cache_first"])
+def test_captured_client_silenced_then_broken(scenario: str, where: str, library: str, native: str) -> None:
+    # docs/caches.rst: its first operation fails on the dead end; then
+    # libmemcached connects anew (the child's own connection), pymemcache's
+    # HashClient holds the server for failed (misses).
+    result = run(scenario, library, where=where, native=native)
+    assert_captured_client_broken(result, library)
+
+
+@LIBRARIES
+@pytest.mark.parametrize("where", ["tcp", "hostname"])
+def test_captured_client_with_c_extension_libc_fork(where: str, library: str) -> None:
+    result = run("libc_fork_captured_client", library, where=where)
+    assert_captured_client_broken(result, library)
+
+
+def assert_captured_client_broken(result: dict[str, Any], library: str) -> None:
+    first, second = result["child"]["attempts"]
+    assert "Broken pipe" in first, result
+    assert second == ("right" if library == "pylibmc" else "wrong"), result
+    assert not set(result["parent_ports"]) & set(result["child"]["ports"]), result
+    assert_parent_kept_connection(result)
+
+
+@LIBRARIES
+def test_captured_client_pure_python_libc_fork_talks_on_parent_connection(library: str) -> None:
+    # The limit docs/caches.rst states: nothing of ours runs in such a child
+    # before its first use of the cache (or of a database).
+    result = run("libc_fork_captured_client", library, native="0")
+    assert result["child"]["attempts"] == ["right", "right"], result
+    assert result["child"]["ports"] == result["parent_ports"], result
+
+
+@LIBRARIES
+@pytest.mark.parametrize("scenario", ["captured_client", "libc_fork_captured_client"])
+def test_control_captured_client_talks_on_parent_connection(scenario: str, library: str) -> None:
+    result = run(scenario, library, "plain")
+    assert result["child"]["attempts"] == ["right", "right"], result
+    assert result["child"]["ports"] == result["parent_ports"], result
+
+
+# A backend of one's own ---------------------------------------------------------------
+
+
+@LIBRARIES
+def test_forksafe_cache_refuses_thread_local_client(library: str) -> None:
+    caches.require(library)
+    from django.utils.module_loading import import_string
+
+    from django_forksafe.cache import forksafe_cache
+
+    backend = caches.BACKENDS[library]["threadlocal"]
+    with pytest.raises(TypeError, match=r"defines _cache as a property, not as a cached_property.*threading\.local"):
+        forksafe_cache(import_string(backend))
+
+
+def test_thread_local_client_forced_child_gets_parents_back() -> None:
+    # Why it is refused: with the mixin put on it all the same, the child's
+    # new client is the parent's, from the thread-local. (pylibmc's: a
+    # pymemcache child's is made from the parent's HashClient, not by _cache.)
+    result = run("child_uses", "pylibmc", "threadlocal_forced")
+    assert result["child"]["client_id"] == result["parent_client_id"], result
+
+
+@LIBRARIES
+def test_own_cached_property_client_child_has_its_own(library: str) -> None:
+    result = run("child_uses", library, "own")
+    child = result["child"]
+    assert (child["wrong"], child["errors"]) == (0, 0)
+    assert child["client_id"] != result["parent_client_id"]
+    assert child["ports"] and not set(child["ports"]) & set(result["parent_ports"])
+    assert_parent_kept_connection(result)
+
+
+@LIBRARIES
+def test_system_check_hint_for_refused_backend(library: str) -> None:
+    caches.require(library)
+    from django.test import override_settings
+
+    from django_forksafe.checks import check_cache_backends
+
+    backend = caches.BACKENDS[library]["threadlocal"]
+    with override_settings(CACHES={"default": {"BACKEND": backend, "LOCATION": caches.MEMCACHED}}):
+        (warning,) = check_cache_backends()
+    assert warning.id == "django_forksafe.W004" and warning.hint is not None
+    assert "forksafe_cache(<" not in warning.hint
+    assert "defines _cache as a property" in warning.hint
+    assert "'django_forksafe.cache.PyLibMCCache' or 'django_forksafe.cache.PyMemcacheCache'" in warning.hint
+
+
+# Run-time client state ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def memcached_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """Two memcached servers of this module's own, on free ports."""
+    require("memcached")
+    ports = [free_port(), free_port()]
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    log_dir = tmp_path_factory.mktemp("memcached")
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            command = ["memcached", *user, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16"]
+            stack.enter_context(running(command, dict(os.environ), port, log_dir / f"{port}.log"))
+        os.environ[caches.PAIR_ENV] = ",".join(map(str, ports))
+        try:
+            yield ports
+        finally:
+            del os.environ[caches.PAIR_ENV]
+
+
+@LIBRARIES
+@MECHANISMS
+def test_runtime_client_state_kept_in_child(library: str, native: str, memcached_pair: list[int]) -> None:
+    result = run("runtime_state", library, where="pair", native=native)
+    assert all(result["spread"].values()), result  # Keys on both servers: the hashing matters.
+    child = result["child"]
+    assert child["own_client"] and child["found"] == result["keys"], result
+    if library == "pylibmc":
+        assert child["ketama"], result
+    else:
+        assert child["servers"] == result["parent_servers"] and len(child["servers"]) == 2, result
+    assert child["ports"] and not set(child["ports"]) & set(result["parent_ports"]), result
+
+
 # Redis: Django's own backend is the anchor --------------------------------------
 
 
@@ -205,33 +376,32 @@ def make_cache(library: str, location: Any) -> Any:
 )
 def test_endpoints_from_location_without_dns(library: str, location: Any, expected: set[Any]) -> None:
     caches.require(library)
-    made = make_cache(library, location)
+    make_cache(library, location)
     assert expected <= endpoints._endpoints
-    assert made._forksafe_unrecorded == set()
 
 
-def test_host_name_pymemcache_peer_recorded_once_connected() -> None:
-    # "127.1" is no IP address literal for ipaddress, but getaddrinfo takes it.
-    caches.require("pymemcache")
-    port = int(caches.MEMCACHED.rpartition(":")[2])
-    endpoints._endpoints.discard(("127.0.0.1", port))
-    made = make_cache("pymemcache", f"127.1:{port}")
-    assert made._forksafe_unrecorded == {("127.1", port)}
-    assert ("127.0.0.1", port) not in endpoints._endpoints
-    key = f"forksafe-test-{uuid.uuid4().hex}"
-    made.set(key, "v")  # Connects.
-    assert made.get(key) == "v"  # The next use records the peer.
-    assert ("127.0.0.1", port) in endpoints._endpoints
-    assert made._forksafe_unrecorded == set()
-    made.close()
-
-
-def test_host_name_pylibmc_resolved_once() -> None:
-    caches.require("pylibmc")
+@LIBRARIES
+def test_host_name_resolved_once_when_made(library: str) -> None:
+    # Recorded before the first operation: a parent may fork right after it.
+    caches.require(library)
     endpoints._endpoints.discard(("127.0.0.1", 21318))
-    made = make_cache("pylibmc", "127.1:21318")
+    endpoints._resolved.discard((caches.HOST_NAME, 21318))
+    make_cache(library, f"{caches.HOST_NAME}:21318")
     assert ("127.0.0.1", 21318) in endpoints._endpoints
-    assert made._forksafe_unrecorded == set()
+
+
+def test_host_name_server_down_no_slow_path() -> None:
+    # The client is the one Django's methods read at once from then on: no
+    # exception raised and caught per operation, whatever the server does.
+    # (pymemcache: pylibmc on CPython 3.13 prints exceptions of its own when
+    # a server is down.)
+    caches.require("pymemcache")
+    made = make_cache("pymemcache", f"{caches.HOST_NAME}:{free_port()}")
+    for _ in range(2):
+        with contextlib.suppress(Exception):  # The server is down.
+            made.get("forksafe-test-down")
+    assert "_forksafe_client" in vars(made)
+    made._cache.disconnect_all()
 
 
 # Django's behaviour kept ---------------------------------------------------------
@@ -297,7 +467,7 @@ def test_control_forksafe_check_reports_plain_backend_open(library: str) -> None
     process = cache_settings_command(library, "plain", "forksafe_check", "--cache", "default")
     assert process.returncode == 3, process.stdout + process.stderr
     assert re.search(r"^  concurrent use +OPEN", process.stdout, re.MULTILINE), process.stdout
-    assert f"use BACKEND = 'django_forksafe.cache.{caches.BACKENDS[library]['plain'].rpartition('.')[2]}'" in (
+    assert f"-> Use BACKEND = 'django_forksafe.cache.{caches.BACKENDS[library]['plain'].rpartition('.')[2]}'" in (
         process.stdout
     )
 

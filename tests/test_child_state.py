@@ -239,7 +239,7 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     numbers = [n for n in (63, 64, 65, 200, 256, 300, 1000, 5000, 8192, 8193, 12000) if n < soft]
     with socket.create_server(("127.0.0.1", 0)) as server:
-        assert endpoints.remember_server("127.0.0.1", server.getsockname()[1])
+        endpoints.remember_server("127.0.0.1", server.getsockname()[1])
         with socket.create_connection(server.getsockname()) as client:
             # An O_PATH descriptor at a number the bound is probed at: poll()
             # says POLLNVAL for it, yet it is open (and the table goes on).

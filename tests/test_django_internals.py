@@ -278,6 +278,23 @@ def test_pymemcache_clients_and_sockets_are_where_cache_py_reads_them() -> None:
     assert "self.sock = sock" in inspect.getsource(Client._connect)
 
 
+def test_pymemcache_hashing_is_where_cache_py_copies_it() -> None:
+    """A child's HashClient is a copy of the parent's (cache.py): the
+    per-server clients made anew by add_server(server) from each one's
+    `server`, the hasher (built without arguments, deep-copied), and the
+    failed and dead servers (`_failed_clients`, `_dead_clients`)."""
+    pytest.importorskip("pymemcache")
+    from pymemcache.client.hash import HashClient  # type: ignore[import-not-found,unused-ignore]
+
+    hashed = HashClient([("127.0.0.1", 1)])
+    assert [client.server for client in hashed.clients.values()] == [("127.0.0.1", 1)]
+    assert type(hashed.hasher)().get_node("key") is None  # Empty when built without arguments.
+    assert hashed._failed_clients == {} and hashed._dead_clients == {}
+    hashed.add_server(("127.0.0.1", 2))
+    assert sorted(hashed.clients) == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert hashed.hasher.get_node("key") in hashed.clients
+
+
 def test_uwsgidecorators_postfork_chain_is_what_uwsgi_detection_reads() -> None:
     """uwsgi_detection looks for our hook in uwsgidecorators.postfork_chain,
     the list its @postfork fills and its post_fork_hook runs. The module

@@ -22,6 +22,25 @@ from tests import caches
 VARIANTS = ("plain", "forksafe")
 
 
+# pymemcache with LOCATION a host name: the server up, or down (held for
+# dead by HashClient at the first get: retry_attempts=0; ignore_exc=True, so
+# that every get answers a miss without a system call).
+HOST_NAME_CASES = {
+    "pymemcache host name": {},
+    "pymemcache host name, server down": {"ignore_exc": True, "retry_attempts": 0, "connect_timeout": 1},
+}
+
+
+def cache_entry(library: str, variant: str) -> dict[str, Any]:
+    if library not in HOST_NAME_CASES:
+        return caches.cache_entry(library, variant)
+    entry = caches.cache_entry("pymemcache", variant, "hostname")
+    if HOST_NAME_CASES[library]:
+        entry["LOCATION"] = f"{caches.HOST_NAME}:1"  # tcpmux: nothing listens there.
+        entry["OPTIONS"] = {**entry["OPTIONS"], **HOST_NAME_CASES[library]}
+    return entry
+
+
 def run_gets(library: str, variant: str, gets: int) -> None:
     """`gets` gets of one key; with library "dict", a dict stands in for
     pylibmc's client: our own cost alone, without the network's variance
@@ -31,7 +50,7 @@ def run_gets(library: str, variant: str, gets: int) -> None:
 
     stand_in = library == "dict"
     library = "pylibmc" if stand_in else library
-    settings.configure(CACHES={"default": caches.cache_entry(library, variant)}, DATABASES={}, USE_TZ=True)
+    settings.configure(CACHES={"default": cache_entry(library, variant)}, DATABASES={}, USE_TZ=True)
     django.setup()
     from django.core.cache import caches as django_caches
 
@@ -41,8 +60,10 @@ def run_gets(library: str, variant: str, gets: int) -> None:
         # Built as in use, then replaced (as assigning to Django's cached_property does).
         assert cache._cache is not None
         cache._cache = {cache.make_and_validate_key(key): "value"}
-    else:
+    elif library not in HOST_NAME_CASES or not HOST_NAME_CASES[library]:
         cache.set(key, "value")
+    else:
+        assert cache.get(key) is None  # The server is down: held for dead from now on.
     get = cache.get
     for _ in range(gets):
         get(key)
@@ -87,13 +108,16 @@ def report() -> None:
         print("cache: memcached not reachable, left out")
         return
     print("cache.get() through Django's memcached BACKEND (plain) and ours (forksafe):")
-    for library in [*available, "dict"]:
+    hosted = list(HOST_NAME_CASES) if "pymemcache" in available else []
+    for library in [*available, "dict", *hosted]:
         try:
-            __import__("pylibmc" if library == "dict" else library)
+            __import__({"dict": "pylibmc", **dict.fromkeys(HOST_NAME_CASES, "pymemcache")}.get(library, library))
         except ImportError:
             print(f"  {library}: not installed, left out")
             continue
         line = f"  {'(a dict)' if library == 'dict' else library:<11}"
+        if library in HOST_NAME_CASES:
+            line += "\n   "
         if shutil.which("valgrind"):
             executed = {variant: instructions_per_get(library, variant) for variant in VARIANTS}
             line += "  instructions per get: " + ", ".join(

@@ -32,6 +32,13 @@ BACKENDS = {
     # redis-py checks the pid at every checkout: Django's own is the one tested.
     "redis": {"plain": "django.core.cache.backends.redis.RedisCache"},
 }
+# Backends of one's own on each library (tests.caches.backends): a _cache
+# that keeps its client in a threading.local with our mixin forced on it
+# (forksafe_cache() refuses it), and a cached_property one through forksafe_cache().
+for _name, _variants in [("PyLibMCCache", BACKENDS["pylibmc"]), ("PyMemcacheCache", BACKENDS["pymemcache"])]:
+    _variants["threadlocal"] = f"tests.caches.backends.ThreadLocal{_name}"
+    _variants["threadlocal_forced"] = f"tests.caches.backends.ForcedThreadLocal{_name}"
+    _variants["own"] = f"tests.caches.backends.ForkSafeOwn{_name}"
 MEMCACHED_LIBRARIES = ("pylibmc", "pymemcache")
 # Bounded, so that a control that loses replies fails instead of hanging.
 TIMEOUT_OPTIONS = {"pylibmc": {"behaviors": {"connect_timeout": 2000, "receive_timeout": 2_000_000,
@@ -40,18 +47,42 @@ TIMEOUT_OPTIONS = {"pylibmc": {"behaviors": {"connect_timeout": 2000, "receive_t
                    "redis": {}}
 
 
+# A host name for 127.0.0.1 that is neither an IP address literal nor
+# localhost (both recorded without DNS): the code's host-name path, as
+# "memcached:11211" in a docker-compose file takes it.
+HOST_NAME = "127.1"
+# Two servers of the test's own (test_caches.py's fixture starts them):
+# FORKSAFE_MEMCACHED_PAIR="PORT,PORT" on 127.0.0.1.
+PAIR_ENV = "FORKSAFE_MEMCACHED_PAIR"
+
+
+def pair_ports() -> list[int]:
+    return [int(port) for port in os.environ[PAIR_ENV].split(",")]
+
+
 def memcached_address(where: str = "tcp") -> tuple[str, int] | str:
     if where == "unix":
         return MEMCACHED_SOCKET
+    if where == "pair":
+        return "127.0.0.1", pair_ports()[0]
     host, _, port = MEMCACHED.rpartition(":")
     return host, int(port)
 
 
 def location(library: str, where: str = "tcp") -> Any:
-    """LOCATION for the library: "host:port", or the Unix socket ("unix:/path")."""
+    """LOCATION for the library: "host:port" ("hostname": by a host name),
+    the Unix socket ("unix:/path"), or "pair": both servers of the pair for
+    pylibmc, the first for pymemcache (the test adds the other at run time)."""
     if library == "redis":
         return REDIS
-    return f"unix:{MEMCACHED_SOCKET}" if where == "unix" else MEMCACHED
+    if where == "unix":
+        return f"unix:{MEMCACHED_SOCKET}"
+    if where == "hostname":
+        return f"{HOST_NAME}:{MEMCACHED.rpartition(':')[2]}"
+    if where == "pair":
+        servers = [f"127.0.0.1:{port}" for port in pair_ports()]
+        return servers if library == "pylibmc" else servers[0]
+    return MEMCACHED
 
 
 def cache_entry(library: str, variant: str, where: str = "tcp", **extra: Any) -> dict[str, Any]:

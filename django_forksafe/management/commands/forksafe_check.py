@@ -185,10 +185,9 @@ class Command(BaseCommand):
                 status = self.style.SUCCESS("safe") if hazard["safe"] else self.style.ERROR("OPEN")
                 self.stdout.write(f"  {hazard['hazard']:<{width}}  {status}  {hazard['detail']}")
             if not result["forksafe"] and cache:
-                from django_forksafe.cache import suggest_backend
+                from django_forksafe.cache import backend_hint
 
-                suggestion = suggest_backend(result["engine"])
-                self.stdout.write(f"  -> use BACKEND = {suggestion!r} to close these hazards")
+                self.stdout.write(f"  -> {backend_hint(result['engine'])}")
             elif not result["forksafe"]:
                 suggestion = suggest_engine(result["engine"])
                 self.stdout.write(f"  -> use ENGINE = {suggestion!r} to close these hazards")
