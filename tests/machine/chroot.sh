@@ -29,9 +29,24 @@ fi
 # The host's network, names and certificate authorities.
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 install -D -m 644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/host-ca-certificates.crt"
+# The processes running in this root: the servers make started there.
+inside() {
+    local proc
+    for proc in /proc/[0-9]*; do
+        [ "$(readlink "$proc/root" 2>/dev/null)" = "$(realpath "$root")" ] && echo "${proc#/proc/}"
+    done
+}
 mounted=()
 cleanup() {
-    local index
+    local pids index
+    mapfile -t pids < <(inside)
+    if [ ${#pids[@]} -gt 0 ]; then
+        echo "--- stopping what runs in $root (${#pids[@]} processes: its servers)"
+        kill "${pids[@]}" 2>/dev/null || true
+        for _ in $(seq 60); do [ -z "$(inside)" ] && break; sleep 0.5; done
+        mapfile -t pids < <(inside)
+        [ ${#pids[@]} = 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
+    fi
     for ((index = ${#mounted[@]} - 1; index >= 0; index--)); do umount -l "${mounted[index]}" || true; done
 }
 trap cleanup EXIT
