@@ -40,13 +40,14 @@ memcached="${FORKSAFE_MEMCACHED:-127.0.0.1:${FORKSAFE_MEMCACHED_PORT:-11311}}"
 memcached_port="${memcached##*:}"
 memcached_socket="${FORKSAFE_MEMCACHED_SOCKET:-/tmp/forksafe-memcached.sock}"
 database=test
+make_target=machine; [ "$mode" = demo ] && make_target=demo
 
 say() { printf '%s\n' "--- $*"; }
 skipped=()
 # A step that cannot be done: fatal for the test suite, a skip for the demo.
 fail() {  # $1: the step, $2: why, $3: the one line that fixes it
-    if [ "$mode" = all ]; then
-        printf '%s\n' "--- FAILED: $1: $2" "    fix: $3" "    (make test stops here; then run make test again)" >&2
+    if [ "$mode" != demo ]; then
+        printf '%s\n' "--- FAILED: $1: $2" "    fix: $3" "    (set-up stopped here: fix it, then run make again)" >&2
         exit 1
     fi
     skipped+=("$1: $2; to add it: $3")
@@ -154,7 +155,7 @@ start_mariadb() {
     local server=/usr/sbin/mariadbd log="/var/log/forksafe-mariadb-$mysql_port.log"
     [ -x "$server" ] || { fail "MariaDB" "no server on $mysql_host:$mysql_port and mariadb-server is not installed" \
         "apt-get install -y mariadb-server"; return 1; }
-    is_root || { fail "MariaDB" "no server on $mysql_host:$mysql_port" "sudo make machine"; return 1; }
+    is_root || { fail "MariaDB" "no server on $mysql_host:$mysql_port" "sudo make $make_target"; return 1; }
     if [ ! -d /var/lib/mysql/mysql ]; then
         say "MariaDB: creating its data directory"
         mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db >"$log" 2>&1 \
@@ -178,7 +179,7 @@ setup_mariadb() {
         mysql_as_user -e "CREATE DATABASE IF NOT EXISTS \`$database\`" 2>/dev/null && return 0
     fi
     is_local "$mysql_host" || { fail "MariaDB" "$mysql_user cannot log in at $mysql_host:$mysql_port" \
-        "create the role there (CONTRIBUTING.rst, 'Test servers'), or set FORKSAFE_MYSQL_USER/PASSWORD"; return 1; }
+        "create the role there (CONTRIBUTING.rst, Servers), or set FORKSAFE_MYSQL_USER/PASSWORD"; return 1; }
     sql_name "$mysql_user" && [[ "$mysql_password" != *"'"* ]] && [ "$mysql_user" != root ] \
         || { fail "MariaDB" "will not create or change the role '$mysql_user'" "set FORKSAFE_MYSQL_USER to a plain name other than root"; return 1; }
     say "MariaDB: creating the role $mysql_user and the database $database"
@@ -196,7 +197,7 @@ setup_mariadb() {
     error="$(mysql_admin -e "$sql" 2>&1)" \
         || { fail "MariaDB" "no admin access to create the role ($error)" "run as root, or create the role yourself (CONTRIBUTING.rst)"; return 1; }
     mysql_as_user -e 'SELECT 1' >/dev/null 2>&1 \
-        || { fail "MariaDB" "$mysql_user still cannot log in at $mysql_host:$mysql_port" "see CONTRIBUTING.rst, 'Test servers'"; return 1; }
+        || { fail "MariaDB" "$mysql_user still cannot log in at $mysql_host:$mysql_port" "see CONTRIBUTING.rst, Servers"; return 1; }
 }
 
 # --- PostgreSQL --------------------------------------------------------------
@@ -215,7 +216,7 @@ pg_admin() {
 start_postgresql() {
     command -v pg_lsclusters >/dev/null || { fail "PostgreSQL" "no server on $pg_host:$pg_port and postgresql is not installed" \
         "apt-get install -y postgresql"; return 1; }
-    is_root || { fail "PostgreSQL" "no server on $pg_host:$pg_port" "sudo make machine"; return 1; }
+    is_root || { fail "PostgreSQL" "no server on $pg_host:$pg_port" "sudo make $make_target"; return 1; }
     # The cluster configured for our port (Debian's main one on 5432), else
     # a cluster of our own on it, with Debian's default authentication.
     local version name
@@ -242,7 +243,7 @@ setup_postgresql() {
     fi
     if ! pg_as_user -c 'SELECT 1' >/dev/null 2>&1; then
         is_local "$pg_host" || { fail "PostgreSQL" "$pg_user cannot log in at $pg_host:$pg_port" \
-            "create the role there (CONTRIBUTING.rst, 'Test servers'), or set FORKSAFE_PG_USER/PASSWORD"; return 1; }
+            "create the role there (CONTRIBUTING.rst, Servers), or set FORKSAFE_PG_USER/PASSWORD"; return 1; }
         sql_name "$pg_user" && [[ "$pg_password" != *"'"* ]] && [ "$pg_user" != postgres ] \
             || { fail "PostgreSQL" "will not create or change the role '$pg_user'" "set FORKSAFE_PG_USER to a plain name other than postgres"; return 1; }
         say "PostgreSQL: creating the role $pg_user"
@@ -255,7 +256,7 @@ setup_postgresql() {
             ELSE CREATE ROLE \"$pg_user\" LOGIN SUPERUSER PASSWORD '$pg_password'; END IF; END \$\$" 2>&1)" \
             || { fail "PostgreSQL" "no admin access to create the role ($error)" "run as root, or create the role yourself (CONTRIBUTING.rst)"; return 1; }
         pg_as_user -c 'SELECT 1' >/dev/null 2>&1 \
-            || { fail "PostgreSQL" "$pg_user still cannot log in at $pg_host:$pg_port" "see CONTRIBUTING.rst, 'Test servers'"; return 1; }
+            || { fail "PostgreSQL" "$pg_user still cannot log in at $pg_host:$pg_port" "see CONTRIBUTING.rst, Servers"; return 1; }
     fi
     pg_as_user -tAc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 && return 0
     say "PostgreSQL: creating the database $database"
