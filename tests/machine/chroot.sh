@@ -61,10 +61,15 @@ for where in proc dev dev/pts dev/shm; do
     mounted+=("$root/$where")
 done
 # Other ports than the defaults: the chroot shares the host's network, and
-# the host's servers may hold 3306, 5432, 6379 and 11311.
+# the host's servers may hold 3306, 5432, 6379 and 11311. They must be free:
+# else make would find another machine's servers there and test those.
+ports=(FORKSAFE_MYSQL_PORT="${FORKSAFE_MYSQL_PORT:-23306}" FORKSAFE_PG_PORT="${FORKSAFE_PG_PORT:-25432}"
+    FORKSAFE_REDIS_PORT="${FORKSAFE_REDIS_PORT:-26379}" FORKSAFE_MEMCACHED_PORT="${FORKSAFE_MEMCACHED_PORT:-21511}")
+for setting in "${ports[@]}"; do
+    python3 -c 'import socket, sys; socket.create_server(("127.0.0.1", int(sys.argv[1]))).close()' "${setting#*=}" 2>/dev/null \
+        || { echo "--- port ${setting#*=} is taken on this host: choose another with ${setting%=*}=..." >&2; exit 1; }
+done
 env -i HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    PIP_CERT=/etc/ssl/host-ca-certificates.crt \
-    FORKSAFE_MYSQL_PORT="${FORKSAFE_MYSQL_PORT:-13306}" FORKSAFE_PG_PORT="${FORKSAFE_PG_PORT:-15432}" \
-    FORKSAFE_REDIS_PORT="${FORKSAFE_REDIS_PORT:-16379}" FORKSAFE_MEMCACHED_PORT="${FORKSAFE_MEMCACHED_PORT:-11511}" \
+    PIP_CERT=/etc/ssl/host-ca-certificates.crt "${ports[@]}" \
     ${TEST_ENVS:+TEST_ENVS="$TEST_ENVS"} ${CI:+CI="$CI"} \
     chroot "$root" /bin/bash -c "$command"
