@@ -63,7 +63,7 @@ tox: machine $(VENV)/bin/tox
 	$(VENV)/bin/tox run -q
 
 benchmark: $(VENV)/.demo
-	$(VENV)/bin/pip install --quiet gunicorn pytest
+	$(PIP) install gunicorn pytest 'mysqlclient>=2.2.1'
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m tests.benchmarks.overhead
 
 clean:
