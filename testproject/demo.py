@@ -1,7 +1,10 @@
 """
 make demo: run manage.py forksafe_check on testproject/ with Django's plain
 ENGINE and with the forksafe ENGINE, side by side: on SQLite always, on
-MariaDB and PostgreSQL when they answer (and their drivers are installed).
+MariaDB and PostgreSQL when they answer (and their drivers are installed);
+a database that cannot be shown is skipped with the line that adds it.
+
+    python testproject/demo.py [sqlite3] [mysql] [postgresql]
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ DATABASES = {
     "mysql": ("MySQLdb", "FORKSAFE_MYSQL_", 3306),
     "postgresql": ("psycopg", "FORKSAFE_PG_", 5432),
 }
+# The one line that adds what is missing (make demo run as root installs the
+# servers and mysqlclient's build itself: tests/machine/setup.sh demo).
+SERVER_FIX = {
+    "mysql": "sudo make demo (installs and starts MariaDB), or set FORKSAFE_MYSQL_HOST/PORT/USER/PASSWORD",
+    "postgresql": "sudo make demo (installs and starts PostgreSQL), or set FORKSAFE_PG_HOST/PORT/USER/PASSWORD",
+}
+DRIVER_FIX = {
+    "MySQLdb": "sudo apt-get install -y gcc python3-dev pkg-config libmariadb-dev && .venv/bin/pip install mysqlclient",
+    "psycopg": ".venv/bin/pip install 'psycopg[binary]'",
+}
 
 
 def unavailable(vendor: str) -> str | None:
@@ -28,13 +41,13 @@ def unavailable(vendor: str) -> str | None:
     if driver is None:
         return None
     if importlib.util.find_spec(driver) is None:
-        return f"driver {driver} not installed"
+        return f"driver {driver} not installed; to add it: {DRIVER_FIX[driver]}"
     host = os.environ.get(f"{prefix}HOST", "127.0.0.1")
     port = int(os.environ.get(f"{prefix}PORT", port))
     try:
         socket.create_connection((host, port), timeout=2).close()
     except OSError:
-        return f"no server at {host}:{port}"
+        return f"no server at {host}:{port}; to add it: {SERVER_FIX[vendor]}"
     return None
 
 
@@ -78,8 +91,13 @@ def cell(hazard: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    print("Forking real children on each database: does the parent keep its session?")
-    for vendor in DATABASES:
+    vendors = sys.argv[1:] or list(DATABASES)
+    unknown = sorted(set(vendors) - set(DATABASES))
+    if unknown:
+        sys.exit(f"unknown database {', '.join(unknown)}: choose among {', '.join(DATABASES)}")
+    if "sqlite3" in vendors:
+        print("Forking real children on each database: does the parent keep its session?")
+    for vendor in vendors:
         reason = unavailable(vendor)
         if reason:
             print(f"\n{vendor}: skipped ({reason})")
@@ -89,6 +107,8 @@ def main() -> None:
         for result in (plain, forksafe):
             if "error" in result or not result.get("reachable", False):
                 print(f"  failed: {result.get('error')}")
+                if vendor in SERVER_FIX:
+                    print(f"  to fix it: {SERVER_FIX[vendor]}")
                 break
         else:
             print(f"  {'hazard':<30} {'django.db.backends':<58} django_forksafe.backends")

@@ -1,4 +1,4 @@
-"""Where the test servers are: env vars FORKSAFE_MYSQL_* / FORKSAFE_PG_*."""
+"""Where the test servers are: env vars FORKSAFE_MYSQL_* / FORKSAFE_PG_*, FORKSAFE_REDIS_PORT."""
 
 from __future__ import annotations
 
@@ -29,10 +29,18 @@ def test_database() -> str:
     return re.sub(r"\W", "_", name).lower()[:60]
 
 
+# The role and password tests/machine/setup.sh creates (FORKSAFE_* override).
 _DEFAULTS = {
-    "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "root", "PASSWORD": ""},
-    "postgresql": {"HOST": "127.0.0.1", "PORT": "5432", "USER": "postgres", "PASSWORD": ""},
+    "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "forksafe", "PASSWORD": "forksafe"},
+    "postgresql": {"HOST": "127.0.0.1", "PORT": "5432", "USER": "forksafe", "PASSWORD": "forksafe"},
 }
+# Redis (Celery's, RQ's and Huey's broker, and the Redis cache): its port.
+REDIS_PORT = int(os.environ.get("FORKSAFE_REDIS_PORT", "6379"))
+
+
+def redis_url(number: int) -> str:
+    """The URL of one of Redis's numbered databases (one per use)."""
+    return f"redis://127.0.0.1:{REDIS_PORT}/{number}"
 
 
 def options(vendor: str) -> dict[str, Any]:

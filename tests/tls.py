@@ -96,6 +96,9 @@ def postgresql() -> Iterator[dict[str, str]]:
                 "FORKSAFE_PG_HOST": "127.0.0.1",
                 "FORKSAFE_PG_PORT": str(port),
                 "FORKSAFE_PG_NAME": "test",
+                # This cluster's own superuser (trust), not the test role.
+                "FORKSAFE_PG_USER": "postgres",
+                "FORKSAFE_PG_PASSWORD": "",
                 "FORKSAFE_PG_OPTIONS": '{"sslmode": "require"}',
             }
         finally:
@@ -134,6 +137,9 @@ def mariadb() -> Iterator[dict[str, str]]:
             "FORKSAFE_MYSQL_HOST": "127.0.0.1",
             "FORKSAFE_MYSQL_PORT": str(port),
             "FORKSAFE_MYSQL_NAME": "test",
+            # This instance's own root (no password), not the test role.
+            "FORKSAFE_MYSQL_USER": "root",
+            "FORKSAFE_MYSQL_PASSWORD": "",
             "FORKSAFE_MYSQL_OPTIONS": f'{{"ssl": {{"ca": "{cert}"}}}}',
         }
     finally:

@@ -1,8 +1,9 @@
 """
 The cache tests' servers and settings: our own memcached (started by
 tests/machine/setup.sh on 127.0.0.1:11311 and a Unix socket under /tmp;
-FORKSAFE_MEMCACHED / FORKSAFE_MEMCACHED_SOCKET to move them) and Redis
-(127.0.0.1:6379, Celery's broker; database 12 here).
+FORKSAFE_MEMCACHED ("host:port") or FORKSAFE_MEMCACHED_PORT, and
+FORKSAFE_MEMCACHED_SOCKET to move them) and Redis (127.0.0.1, port
+FORKSAFE_REDIS_PORT, default 6379, Celery's broker; database 12 here).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import socket
 import stat
 from typing import Any
 
+from tests import dbconfig
 from tests.utils import skip_or_fail
 
-MEMCACHED = os.environ.get("FORKSAFE_MEMCACHED", "127.0.0.1:11311")
+MEMCACHED = os.environ.get("FORKSAFE_MEMCACHED") or f"127.0.0.1:{os.environ.get('FORKSAFE_MEMCACHED_PORT', '11311')}"
 MEMCACHED_SOCKET = os.environ.get("FORKSAFE_MEMCACHED_SOCKET", "/tmp/forksafe-memcached.sock")
-REDIS = "redis://127.0.0.1:6379/12"
+REDIS = dbconfig.redis_url(12)
 
 # Per library: Django's BACKEND (the control) and ours.
 BACKENDS = {
@@ -94,7 +96,7 @@ def cache_entry(library: str, variant: str, where: str = "tcp", **extra: Any) ->
 def unreachable_reason(library: str, where: str = "tcp") -> str | None:
     """Why the library's server cannot be used, or None if it answers."""
     if library == "redis":
-        address: Any = ("127.0.0.1", 6379)
+        address: Any = ("127.0.0.1", dbconfig.REDIS_PORT)
         family = socket.AF_INET
     else:
         address = memcached_address(where)

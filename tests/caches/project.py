@@ -21,12 +21,13 @@ from typing import Any
 import django
 from django.conf import settings
 
+from tests import dbconfig
 from tests.caches import MEMCACHED, cache_entry, held_ports
 
 LIBRARY = os.environ.get("FORKSAFE_CACHE_LIBRARY", "pylibmc")
 VARIANT = os.environ.get("FORKSAFE_CACHE_VARIANT", "forksafe")
 PREFIX = os.environ.get("FORKSAFE_CACHE_PREFIX", "forksafe-test")
-BROKER = "redis://127.0.0.1:6379/11"
+BROKER = dbconfig.redis_url(11)
 
 if not settings.configured:
     settings.configure(

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django_forksafe.hazards import Fork, child_report, fork_child, libc_fork, run_child
-from tests import caches
+from tests import caches, dbconfig
 
 Observations = dict[str, Any]
 
@@ -43,7 +43,7 @@ def cache() -> Any:
 
 
 def server_port(library: str) -> int:
-    return 6379 if library == "redis" else int(caches.MEMCACHED.rpartition(":")[2])
+    return dbconfig.REDIS_PORT if library == "redis" else int(caches.MEMCACHED.rpartition(":")[2])
 
 
 def held_ports(library: str) -> set[int]:
