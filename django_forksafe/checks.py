@@ -8,6 +8,15 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Info, Warning
 from django.db import connections
 
+DOCS_URL = "https://django-forksafe.readthedocs.io/en/latest/checks.html"
+
+
+def hint(text: str, check_id: str) -> str:
+    """`text`, then the address of `check_id`'s section in the documentation
+    (the anchor Sphinx makes of its title, the ID itself)."""
+    anchor = check_id.lower().replace("_", "-").replace(".", "-")
+    return f"{text} See {DOCS_URL}#{anchor}"
+
 
 def check_engines(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every database ENGINE, and every memcached cache BACKEND, that is not
@@ -32,6 +41,7 @@ def check_database_engines() -> list[CheckMessage]:
                 warnings.append(
                     Warning(
                         f"Database {alias!r} uses ENGINE {engine!r}, which cannot be loaded: {why_not_loaded(exc)}",
+                        hint=hint("Correct the ENGINE, or install the driver it needs.", "django_forksafe.W005"),
                         obj=alias,
                         id="django_forksafe.W005",
                     )
@@ -41,7 +51,7 @@ def check_database_engines() -> list[CheckMessage]:
             warnings.append(
                 Warning(
                     f"Database {alias!r} uses ENGINE {engine!r}, which is not fork-safe.",
-                    hint=f"Use ENGINE = {suggest_engine(engine)!r}.",
+                    hint=hint(f"Use ENGINE = {suggest_engine(engine)!r}.", "django_forksafe.W001"),
                     obj=alias,
                     id="django_forksafe.W001",
                 )
@@ -72,7 +82,7 @@ def check_cache_backends() -> list[CheckMessage]:
                 Warning(
                     f"Cache {alias!r} uses BACKEND {backend!r}, which is not fork-safe: forked "
                     "processes share its connections and read each other's values.",
-                    hint=f"Use BACKEND = {suggest_backend(backend)!r}.",
+                    hint=hint(f"Use BACKEND = {suggest_backend(backend)!r}.", "django_forksafe.W004"),
                     obj=alias,
                     id="django_forksafe.W004",
                 )
@@ -86,7 +96,7 @@ def check_uwsgi(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     message = hook_missing()
     if message is None:
         return []
-    return [Warning(message, hint=HINT, id="django_forksafe.W002")]
+    return [Warning(message, hint=hint(HINT, "django_forksafe.W002"), id="django_forksafe.W002")]
 
 
 def check_mechanism(app_configs: Any = None, **kwargs: Any) -> list[Info]:
@@ -98,8 +108,11 @@ def check_mechanism(app_configs: Any = None, **kwargs: Any) -> list[Info]:
     return [
         Info(
             f"django-forksafe runs in {detection.MECHANISM}.",
-            hint="The C extension (built where a C compiler is found, on Linux and CPython) also "
-            "silences inherited sockets inside fork() itself; DJANGO_FORKSAFE_NATIVE=0 turns it off.",
+            hint=hint(
+                "The C extension (built where a C compiler is found, on Linux and CPython) also "
+                "silences inherited sockets inside fork() itself; DJANGO_FORKSAFE_NATIVE=0 turns it off.",
+                "django_forksafe.I001",
+            ),
             id="django_forksafe.I001",
         )
     ]
