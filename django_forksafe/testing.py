@@ -35,9 +35,11 @@ class ForkInTestTransactionWarning(RuntimeWarning):
     share (Django's ``TestCase``, pytest-django's ``db`` fixture).
 
     A RuntimeWarning: nothing is wrong with the code under test, but this run
-    of it does not do what the test expects. Shown once per test; turn it
-    into an error with ``-W error::django_forksafe.ForkInTestTransactionWarning``
-    (or pytest's ``filterwarnings``), or leave it out with ``ignore::``.
+    of it does not do what the test expects. Shown once per test. Made an
+    error (``warnings.filterwarnings("error", category=...)`` in the test
+    settings), it fails a unittest test (Django's runner) at its end; for
+    pytest, see the testing page of the documentation. Python's own ``-W``
+    option cannot name it (it is read before packages can be imported).
     """
 
 

@@ -89,13 +89,13 @@ done
 if mariadb_up; then
     mariadb -h127.0.0.1 -uroot -e 'CREATE DATABASE IF NOT EXISTS test'
 else
-    say "MariaDB does not answer on 127.0.0.1:3306 (see FORKSAFE_MYSQL_* in README)"
+    say "MariaDB does not answer on 127.0.0.1:3306 (see FORKSAFE_MYSQL_* in CONTRIBUTING.rst)"
 fi
 if postgres_up; then
     psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
         || psql -q -h 127.0.0.1 -U postgres -c 'CREATE DATABASE test'
 else
-    say "PostgreSQL does not answer on 127.0.0.1:5432 (see FORKSAFE_PG_* in README)"
+    say "PostgreSQL does not answer on 127.0.0.1:5432 (see FORKSAFE_PG_* in CONTRIBUTING.rst)"
 fi
 for where in "127.0.0.1:$memcached_port" "$memcached_socket"; do
     memcached_up "$where" || say "memcached does not answer on $where (see FORKSAFE_MEMCACHED_* in tests/caches)"
