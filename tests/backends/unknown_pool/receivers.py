@@ -7,8 +7,8 @@ from typing import Any
 
 from django.dispatch import receiver
 
-from django_forksafe.registry import keep_forever
 from django_forksafe.signals import post_fork
+from django_forksafe.silencing import keep_forever
 from tests.backends.unknown_pool import base
 
 
