@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 import sys
-import unittest
 import warnings
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django_forksafe.detection import PROCESS_MARK
+
+if TYPE_CHECKING:
+    import unittest
 
 DOCS_URL = "https://django-forksafe.readthedocs.io/en/latest/testing.html"
 
@@ -79,10 +81,14 @@ def _what_the_child_gets(connection: Any) -> str:
 
 def _running_testcase() -> unittest.TestCase | None:
     """The unittest TestCase running now, if one is on the stack (Django's runner)."""
+    module = sys.modules.get("unittest")  # Not imported here: every process imports us.
+    if module is None:
+        return None
+    testcase_class: type[unittest.TestCase] = module.TestCase
     frame = sys._getframe(1)
     while frame is not None:
         test = frame.f_locals.get("self")
-        if isinstance(test, unittest.TestCase):
+        if isinstance(test, testcase_class):
             return test
         frame = frame.f_back  # type: ignore[assignment]
     return None
