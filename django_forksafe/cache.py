@@ -90,8 +90,8 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
 
     @property
     def _cache(self) -> Any:
-        # Django's methods read it once per operation (get: 0.7 % more
-        # instructions than Django's own, on CPython 3.11).
+        # Django's methods read it once per operation (what that costs a
+        # get: docs/performance.rst).
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
         try:

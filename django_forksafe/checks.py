@@ -12,6 +12,16 @@ if TYPE_CHECKING:
     from django.core.cache.backends.memcached import BaseMemcachedCache
 
 
+DOCS_URL = "https://django-forksafe.readthedocs.io/en/latest/checks.html"
+
+
+def hint(text: str, check_id: str) -> str:
+    """`text`, then the address of `check_id`'s section in the documentation
+    (the anchor Sphinx makes of its title, the ID itself)."""
+    anchor = check_id.lower().replace("_", "-").replace(".", "-")
+    return f"{text} See {DOCS_URL}#{anchor}"
+
+
 def check_engines(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every database ENGINE, and every memcached cache BACKEND, that is not
     fork-safe; and any ENGINE of ours that cannot be loaded."""
@@ -35,6 +45,7 @@ def check_database_engines() -> list[CheckMessage]:
                 warnings.append(
                     Warning(
                         f"Database {alias!r} uses ENGINE {engine!r}, which cannot be loaded: {why_not_loaded(exc)}",
+                        hint=hint("Correct the ENGINE, or install the driver it needs.", "django_forksafe.W005"),
                         obj=alias,
                         id="django_forksafe.W005",
                     )
@@ -44,7 +55,7 @@ def check_database_engines() -> list[CheckMessage]:
             warnings.append(
                 Warning(
                     f"Database {alias!r} uses ENGINE {engine!r}, which is not fork-safe.",
-                    hint=f"Use ENGINE = {suggest_engine(engine)!r}.",
+                    hint=hint(f"Use ENGINE = {suggest_engine(engine)!r}.", "django_forksafe.W001"),
                     obj=alias,
                     id="django_forksafe.W001",
                 )
@@ -78,7 +89,7 @@ def check_cache_backends() -> list[CheckMessage]:
         Warning(
             f"Cache {alias!r} uses BACKEND {backend!r}, which is not fork-safe: forked "
             "processes share its connections and read each other's values.",
-            hint=backend_hint(backend),
+            hint=hint(backend_hint(backend), "django_forksafe.W004"),
             obj=alias,
             id="django_forksafe.W004",
         )
@@ -93,7 +104,7 @@ def check_uwsgi(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     message = hook_missing()
     if message is None:
         return []
-    return [Warning(message, hint=HINT, id="django_forksafe.W002")]
+    return [Warning(message, hint=hint(HINT, "django_forksafe.W002"), id="django_forksafe.W002")]
 
 
 def check_mechanism(app_configs: Any = None, **kwargs: Any) -> list[Info]:
@@ -105,8 +116,11 @@ def check_mechanism(app_configs: Any = None, **kwargs: Any) -> list[Info]:
     return [
         Info(
             f"django-forksafe runs in {detection.MECHANISM}.",
-            hint="The C extension (built where a C compiler is found, on Linux and CPython) also "
-            "silences inherited sockets inside fork() itself; DJANGO_FORKSAFE_NATIVE=0 turns it off.",
+            hint=hint(
+                "The C extension (built where a C compiler is found, on Linux and CPython) also "
+                "silences inherited sockets inside fork() itself; DJANGO_FORKSAFE_NATIVE=0 turns it off.",
+                "django_forksafe.I001",
+            ),
             id="django_forksafe.I001",
         )
     ]

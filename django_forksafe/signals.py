@@ -17,13 +17,23 @@ class _PostForkSignal(Signal):
             NATIVE.want_python_at_fork()
 
 
-# Sent exactly once in each child process (forked through Python, or
-# detected later by process ID), after the connections it inherited have been
-# invalidated and before any of them is reopened, also when there were none.
-# Arguments: sender=None, parent_pid (int): the process it forked from,
-# aliases (list[str]): the aliases whose inherited connections were
-# invalidated. Use it to reset per-process resources (cache clients, thread
-# pools). Receivers run inside the fork handler: keep them short. A receiver's
-# exception is logged on the "django_forksafe" logger and does not stop the
-# others.
+#: Sent at most once in each child process, after the connections it
+#: inherited have been invalidated and before any of them is reopened, also
+#: when there were none. A child forked through Python hears it inside the
+#: fork handler if receivers were connected before the fork (at import time,
+#: or in ``AppConfig.ready()``); else, and after a fork behind Python's back
+#: (uWSGI without ``--py-call-osafterfork``, a C extension, libc's
+#: ``fork()``), at the child's first use of a database connection or
+#: fork-safe cache. Forks are told apart by the process mark (see
+#: :doc:`how-it-works`), not by comparing process IDs. Never sent at exit: a
+#: child that never uses the database is not told.
+#:
+#: Arguments: ``sender`` (``None``), ``parent_pid`` (``int``, the process it
+#: forked from; without the C extension, after a fork behind Python's back by
+#: a process that had not used the database itself, an earlier ancestor) and
+#: ``aliases`` (``list[str]``, the aliases whose inherited connections were
+#: invalidated). Use it to reset per-process resources
+#: (cache clients, thread pools, a pool no adapter knows). Receivers may run
+#: inside the fork handler: keep them short. A receiver's exception is logged
+#: on the ``django_forksafe`` logger and does not stop the others.
 post_fork = _PostForkSignal()

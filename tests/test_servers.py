@@ -91,9 +91,10 @@ def test_uwsgi(vendor: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("app", ["1", "0"])
 def test_uwsgi_without_importing_the_hook(app: str, tmp_path: Path) -> None:
-    """wsgi.py does not import the hook: with the app installed, system check
-    W002 says so; with or without the app, inherited connections are still
-    invalidated at each worker's first checkout."""
+    """wsgi.py does not import the hook: with the app installed, its warning
+    (system check W002's, where checks run inside uWSGI) is logged in uWSGI's
+    log when uWSGI loads the app; with or without the app, inherited
+    connections are still invalidated at each worker's first checkout."""
     require("postgresql", "uwsgi")
     prepare("postgresql")
     port = free_port()
@@ -104,6 +105,8 @@ def test_uwsgi_without_importing_the_hook(app: str, tmp_path: Path) -> None:
         responses = hammer(port)
         check_ids = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/checks/").read())["ids"]
     assert ("django_forksafe.W002" in check_ids) == (app == "1")
+    logged = "without django-forksafe's post-fork hook" in (tmp_path / "uwsgi.log").read_text()
+    assert logged == (app == "1")
     assert_all_right(responses)
     assert unexpected_tracebacks(tmp_path / "uwsgi.log") == []
 

@@ -4,7 +4,8 @@ A small real project on the forksafe ENGINEs.
 FORKSAFE_DB: sqlite3 (default), mysql or postgresql; servers are configured
 by FORKSAFE_MYSQL_* / FORKSAFE_PG_* (HOST, PORT, USER, PASSWORD, NAME; by
 default tests/machine/setup.sh's role forksafe, password forksafe);
-SQLite's file is FORKSAFE_SQLITE_NAME (default: testproject/db.sqlite3).
+SQLite's file is FORKSAFE_SQLITE_NAME (default: testproject/db.sqlite3), and
+its test database FORKSAFE_SQLITE_TEST_NAME (default: in memory).
 FORKSAFE_ENGINE: forksafe (default) or plain, Django's own ENGINE.
 django-rq and huey are used when installed (Redis on 127.0.0.1, port
 FORKSAFE_REDIS_PORT, default 6379): the
@@ -13,6 +14,8 @@ django-q2 is used when installed (its ORM broker, on the database): the
 cluster and its queue are named by FORKSAFE_Q_NAME, and its workers are
 recycled after FORKSAFE_Q_RECYCLE tasks.
 FORKSAFE_PG_POOL=1: Django's connection pool for postgresql (psycopg_pool).
+FORKSAFE_FORK_WARNING: a warnings action (error, ignore) for
+django_forksafe.ForkInTestTransactionWarning.
 FORKSAFE_CACHE=db: Django's database cache (table forksafe_cache, made by
 createcachetable), which django-q2's sentinel writes its status to.
 """
@@ -20,8 +23,11 @@ createcachetable), which django-q2's sentinel writes its status to.
 from __future__ import annotations
 
 import os
+import warnings
 from importlib.util import find_spec
 from pathlib import Path
+
+from django_forksafe import ForkInTestTransactionWarning
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "testproject-not-secret"
@@ -66,6 +72,9 @@ if find_spec("django_q"):
         "scheduler": False,
     }
 
+if action := os.environ.get("FORKSAFE_FORK_WARNING"):
+    warnings.filterwarnings(action, category=ForkInTestTransactionWarning)  # type: ignore[arg-type]
+
 if os.environ.get("FORKSAFE_CACHE") == "db":
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "forksafe_cache"}}
 
@@ -87,6 +96,9 @@ DATABASES = {
         **{key: os.environ.get(_prefix + key, value) for key, value in _defaults.items()},
     }
 }
+
+if _vendor == "sqlite3" and os.environ.get("FORKSAFE_SQLITE_TEST_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["FORKSAFE_SQLITE_TEST_NAME"]}
 
 if _vendor == "postgresql" and os.environ.get("FORKSAFE_PG_POOL") == "1":
     DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 4, "timeout": 5}}

@@ -220,19 +220,16 @@ def unknown_pool(drop_in_post_fork: bool = False, fork: Fork = os.fork) -> Calla
     frees the pool. The socket layer alone keeps the parent's sessions out of
     the child's reach: the child gets "server closed the connection" from the
     inherited idle connection, and the parent's sessions all live on. With
-    `drop_in_post_fork`, a post_fork receiver empties the pool, as README
-    advises, and the child opens a session of its own (through libc's fork
-    too: post_fork is sent at the first checkout, before the pool is asked)."""
+    `drop_in_post_fork`, docs/adapters.rst's post_fork receiver empties the
+    pool, and the child opens a session of its own (through libc's fork too:
+    post_fork is sent at the first checkout, before the pool is asked)."""
 
     def scenario(vendor: str, engine: str) -> Result:
         assert vendor == "mysql", "the unknown pool is a MySQL one"
         monitor = setup(vendor, engine)
         assert monitor is not None
         if drop_in_post_fork:
-            from django_forksafe.signals import post_fork
-            from tests.backends.unknown_pool.base import IDLE
-
-            post_fork.connect(lambda **kwargs: IDLE.clear(), weak=False)
+            import tests.backends.unknown_pool.receivers  # noqa: F401  # Connects the receiver.
         parent_pool = fill_pool()
         monitor.conn.close()  # A driver connection too: see basic.child_exits.
         read_end, write_end = os.pipe()

@@ -26,7 +26,9 @@ from django_forksafe.wrapper import ForkSafeMixin
 
 # Distinct from CommandError's 1 (bad arguments, unknown alias, an ENGINE
 # that cannot be loaded).
+#: Exit status when a hazard is open (after 1, an ENGINE that cannot be loaded).
 EXIT_HAZARD_OPEN = 3
+#: Exit status when a database or cache cannot be reached, and no hazard is open.
 EXIT_UNREACHABLE = 4
 
 
