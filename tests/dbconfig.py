@@ -1,4 +1,5 @@
-"""Where the test servers are: env vars FORKSAFE_MYSQL_* / FORKSAFE_PG_*."""
+"""Where the test servers are: env vars FORKSAFE_MYSQL_* / FORKSAFE_PG_*,
+FORKSAFE_REDIS_PORT."""
 
 from __future__ import annotations
 
@@ -33,6 +34,16 @@ _DEFAULTS = {
     "mysql": {"HOST": "127.0.0.1", "PORT": "3306", "USER": "root", "PASSWORD": ""},
     "postgresql": {"HOST": "127.0.0.1", "PORT": "5432", "USER": "postgres", "PASSWORD": ""},
 }
+
+
+REDIS_PORT = int(os.environ.get("FORKSAFE_REDIS_PORT", "6379"))
+
+
+def redis_url(database: int) -> str:
+    """Redis on loopback (Celery's broker, RQ's and Huey's queues, the
+    redis cache), on port FORKSAFE_REDIS_PORT (default 6379); testproject's
+    settings read the same variable."""
+    return f"redis://127.0.0.1:{REDIS_PORT}/{database}"
 
 
 def options(vendor: str) -> dict[str, Any]:

@@ -47,10 +47,10 @@ def require(*needs: str) -> None:
             reason = dbconfig.unreachable_reason(need)
         elif need == "redis":
             try:
-                socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+                socket.create_connection(("127.0.0.1", dbconfig.REDIS_PORT), timeout=2).close()
                 reason = None
             except OSError as exc:
-                reason = f"Redis not reachable at 127.0.0.1:6379 ({exc})"
+                reason = f"Redis not reachable at 127.0.0.1:{dbconfig.REDIS_PORT} ({exc}); set FORKSAFE_REDIS_PORT"
         else:
             reason = None if shutil.which(need, path=bin_path()) else f"{need} is not installed"
         if reason is not None:

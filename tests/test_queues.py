@@ -218,7 +218,7 @@ def run_celery_pool(engine: str, tmp_path: Path) -> dict[str, Any]:
     from celery import Celery
 
     database = f"forksafe_celery_pool_{os.getpid()}_{engine}"
-    broker = "redis://127.0.0.1:6379/15"
+    broker = dbconfig.redis_url(15)
     queue = f"forksafe-pool-{os.getpid()}-{engine}"
     report = tmp_path / "main.json"
     env = {"FORKSAFE_PG_POOL": "1", "FORKSAFE_PG_NAME": database}

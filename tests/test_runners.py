@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
+from tests import dbconfig
 from tests.hazards import Monitor
 from tests.programs import DEADLINE, PROJECT, events, manage, new_run, poll, project_env, require, running, stop
 from tests.utils import SERVERS, require_modules
 
 # RQ through django-rq ------------------------------------------------------
 
-RQ_REDIS = "redis://127.0.0.1:6379/14"
+RQ_REDIS = dbconfig.redis_url(14)
 RQ_JOBS_BEFORE = RQ_JOBS_AFTER = 5
 RQ_TIMEOUT = 2
 STUCK = RQ_JOBS_BEFORE

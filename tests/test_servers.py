@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import dbconfig
 from tests.hazards import Monitor
 from tests.programs import (
     PRODUCTS,
@@ -124,7 +125,7 @@ def test_celery_prefork_worker(vendor: str, tmp_path: Path) -> None:
     from celery import Celery
 
     prepare(vendor)
-    broker = "redis://127.0.0.1:6379/15"
+    broker = dbconfig.redis_url(15)
     queue = f"forksafe-{os.getpid()}-{vendor}"
     report = tmp_path / "main.json"
     env = project_env(vendor, "forksafe", FORKSAFE_CELERY_BROKER=broker, FORKSAFE_REPORT=str(report))

@@ -5,8 +5,9 @@ FORKSAFE_DB: sqlite3 (default), mysql or postgresql; servers are configured
 by FORKSAFE_MYSQL_* / FORKSAFE_PG_* (HOST, PORT, USER, PASSWORD, NAME);
 SQLite's file is FORKSAFE_SQLITE_NAME (default: testproject/db.sqlite3).
 FORKSAFE_ENGINE: forksafe (default) or plain, Django's own ENGINE.
-django-rq and huey are used when installed (Redis on 127.0.0.1:6379): the
-queue is named by FORKSAFE_RQ_QUEUE / FORKSAFE_HUEY_NAME.
+django-rq and huey are used when installed (Redis on 127.0.0.1, port
+FORKSAFE_REDIS_PORT, default 6379): the queue is named by FORKSAFE_RQ_QUEUE /
+FORKSAFE_HUEY_NAME.
 django-q2 is used when installed (its ORM broker, on the database): the
 cluster and its queue are named by FORKSAFE_Q_NAME, and its workers are
 recycled after FORKSAFE_Q_RECYCLE tasks.
@@ -32,19 +33,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 INSTALLED_APPS = ["django_forksafe", "shop"] if os.environ.get("FORKSAFE_APP", "1") == "1" else ["shop"]
 MIDDLEWARE = ["django_forksafe.middleware.ForkSafeMiddleware"]
 
-CELERY_BROKER_URL = os.environ.get("FORKSAFE_CELERY_BROKER", "redis://127.0.0.1:6379/15")
+REDIS = f"redis://127.0.0.1:{os.environ.get('FORKSAFE_REDIS_PORT', '6379')}"
+CELERY_BROKER_URL = os.environ.get("FORKSAFE_CELERY_BROKER", f"{REDIS}/15")
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 
 if find_spec("django_rq"):
     INSTALLED_APPS.append("django_rq")
-    RQ_QUEUES = {os.environ.get("FORKSAFE_RQ_QUEUE", "default"): {"URL": "redis://127.0.0.1:6379/14"}}
+    RQ_QUEUES = {os.environ.get("FORKSAFE_RQ_QUEUE", "default"): {"URL": f"{REDIS}/14"}}
 
 if find_spec("huey"):
     INSTALLED_APPS.append("huey.contrib.djhuey")
     HUEY = {
         "huey_class": "huey.RedisHuey",
         "name": os.environ.get("FORKSAFE_HUEY_NAME", "testproject"),
-        "url": "redis://127.0.0.1:6379/13",
+        "url": f"{REDIS}/13",
         "immediate": False,
         "results": True,
     }

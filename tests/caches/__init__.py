@@ -2,7 +2,7 @@
 The cache tests' servers and settings: our own memcached (started by
 tests/machine/setup.sh on 127.0.0.1:11311 and a Unix socket under /tmp;
 FORKSAFE_MEMCACHED / FORKSAFE_MEMCACHED_SOCKET to move them) and Redis
-(127.0.0.1:6379, Celery's broker; database 12 here).
+(FORKSAFE_REDIS_PORT, tests/dbconfig.py; database 12 here).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import socket
 import stat
 from typing import Any
 
+from tests import dbconfig
 from tests.utils import skip_or_fail
 
 MEMCACHED = os.environ.get("FORKSAFE_MEMCACHED", "127.0.0.1:11311")
 MEMCACHED_SOCKET = os.environ.get("FORKSAFE_MEMCACHED_SOCKET", "/tmp/forksafe-memcached.sock")
-REDIS = "redis://127.0.0.1:6379/12"
+REDIS = dbconfig.redis_url(12)
 
 # Per library: Django's BACKEND (the control) and ours.
 BACKENDS = {
