@@ -245,18 +245,21 @@ def main() -> None:
             + (f" [{row[f'{variant}_own']:.3f}]" if f"{variant}_own" in row else "")
             for variant in VARIANTS[1:]
         )
-        counts = ""
+        counts = "  (strace not installed: system calls skipped)"
         if shutil.which("strace"):
+            counts = ""
             for variant in ("plain", "forksafe", "getpid"):
                 per_query = syscalls_per_query(vendor, variant)
                 counts += f" {per_query['total']:.2f} ({per_query.get('getpid', 0.0):.2f})"
         print(f"{vendor:<11} {row['plain_us']:>8.2f}{ratios}  {counts}")
+    print("\ninstructions per query (callgrind), SQLite file on tmpfs:")
     if shutil.which("valgrind"):
-        print("\ninstructions per query (callgrind), SQLite file on tmpfs:")
         executed = {variant: instructions_per_query("sqlite3", variant) for variant in ("plain", "forksafe", "getpid")}
         print("  " + ", ".join(
             f"{variant} {count:.0f} ({count / executed['plain']:.4f})" for variant, count in executed.items()
         ))
+    else:
+        print("  skipped: valgrind is not installed (make benchmark installs it on Debian as root)")
     if os.path.exists(SQLITE_FILE):
         os.remove(SQLITE_FILE)
     print("\nchild's invalidation of inherited connections (no network I/O), µs:")
@@ -272,11 +275,12 @@ def main() -> None:
 
     print()
     cache_overhead.report()
-    if "postgresql" in available:
+    servers = tuple(v for v in available if v != "sqlite3")
+    if servers:
         from tests.benchmarks import forks
 
         print()
-        forks.report(max(3, args.rounds // 2))
+        forks.report(max(3, args.rounds // 2), vendors=servers)
     if args.gunicorn_rounds and "postgresql" in available and shutil.which("gunicorn"):
         from tests.benchmarks import gunicorn_throughput
 

@@ -75,6 +75,9 @@ SCENARIOS: dict[str, Scenario] = {
     "process_pool_executor_started_in_atomic": transactions.pool_started_in_atomic("executor"),
     # A forkserver's preloaded modules opened a connection: every worker is its child.
     "forkserver_preload_connection": start_methods.forkserver_preload_connection,
+    # CPython 3.12+ warns of a fork in a multi-threaded process: never ours.
+    "threads_at_fork": start_methods.threads_at_fork(),
+    "threads_at_fork_thread_started": start_methods.threads_at_fork(start_thread=True),
     # Django's connection pool.
     "pool": pools.pool,
     "pool_warmed_up": lambda vendor, engine: pools.pool(vendor, engine, warm_up_only=True),

@@ -1,15 +1,19 @@
-"""multiprocessing's forkserver: its server process is forked for every
-worker, and hands them whatever its preloaded modules opened."""
+"""How CPython forks: multiprocessing's forkserver, whose server process is
+forked for every worker and hands them whatever its preloaded modules opened;
+CPython 3.12's DeprecationWarning on a fork in a multi-threaded process."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from django_forksafe.hazards import session_id
+from django_forksafe.hazards import libc_fork, session_id
 from tests.hazards.common import Result, setup
 
 # The preloaded module's settings and where it reports its session.
@@ -75,3 +79,54 @@ def forkserver_preload_connection(vendor: str, engine: str) -> Result:
             pool.terminate()
             pool.join()
             connection.close()
+
+
+def os_threads() -> int:
+    """The process's threads as the kernel counts them (what CPython 3.12+
+    counts for its warning where it can), C libraries' threads included."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+def threads_at_fork(start_thread: bool = False) -> Callable[[str, str], Result]:
+    """The parent queries (its connection made, the package's hooks run),
+    forks with os.fork() and then through libc; each child queries on a
+    session of its own. Reports the threads at each fork and the warnings it
+    raised. With `start_thread`, the scenario itself starts a thread first:
+    the control, which CPython 3.12+ warns about."""
+
+    def scenario(vendor: str, engine: str) -> Result:
+        setup(vendor, engine)
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        release = threading.Event()
+        thread = threading.Thread(target=release.wait)
+        if start_thread:
+            thread.start()
+        observed: Result = {"python_threads": [], "os_threads": [], "warnings": [], "child_statuses": []}
+        try:
+            for fork in (os.fork, libc_fork):
+                observed["python_threads"].append(threading.active_count())
+                observed["os_threads"].append(os_threads())
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    pid = fork()
+                    if pid == 0:
+                        try:
+                            with connection.cursor() as cursor:
+                                cursor.execute("SELECT 1")
+                            connection.close()
+                        finally:
+                            os._exit(0)
+                observed["warnings"] += [f"{w.category.__name__}: {w.message}" for w in caught]
+                observed["child_statuses"].append(os.waitpid(pid, 0)[1])
+        finally:
+            release.set()
+            if start_thread:
+                thread.join()
+            connection.close()
+        return observed
+
+    return scenario

@@ -12,7 +12,9 @@
 #   forky.sh tox ARGS...        build if needed, start the chroot's servers,
 #                               run tox ARGS inside on a copy of this source
 #                               tree, stop the servers
-#   forky.sh run COMMAND...     the same, for any command (e.g. the benchmark)
+#   forky.sh benchmark ARGS...  tests.benchmarks.overhead ARGS on CPython 3.14,
+#                               inside (make benchmark)
+#   forky.sh run COMMAND...     the same, for any command
 #   forky.sh env                the tox environment `make test` runs as the
 #                               newest stack: py314-django61 where this
 #                               machine has it all, else forky (the chroot)
@@ -238,6 +240,17 @@ build)
 test)  # [PYTEST ARGS...]: the newest-stack environment, inside.
     shift
     run "$TOX_VENV/bin/tox" run --workdir /var/tmp/forksafe-tox -e py314-django61 ${1+--} "$@"
+    ;;
+benchmark)  # [ARGS...]: tests.benchmarks.overhead inside, on CPython 3.14.
+    shift
+    run bash -euc '
+        venv=/var/tmp/forksafe-benchmark
+        [ -x $venv/bin/python ] || '"$PYTHON"' -m venv $venv
+        $venv/bin/pip install -q "Django>=6.1" "psycopg[binary]" mysqlclient gunicorn pytest pylibmc pymemcache
+        $venv/bin/pip install -q --no-deps --force-reinstall .
+        cd "$($venv/bin/python -c "import tests; print(tests.IMPORT_PATH)")"
+        PATH=$venv/bin:$PATH $venv/bin/python -m tests.benchmarks.overhead "$@"
+    ' benchmark "$@"
     ;;
 tox)
     shift
