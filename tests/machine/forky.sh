@@ -133,10 +133,10 @@ build() {
     in_root bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null' \
         install "${PACKAGES[@]}"
     # PostgreSQL: the cluster the package made, on our port, trusting loopback.
-    in_root bash -c "pg_conftool -s $PG_MAJOR main set port $PG_PORT \
-        && pg_conftool -s $PG_MAJOR main set listen_addresses 127.0.0.1 \
-        && printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
-            >/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
+    in_root pg_conftool -s "$PG_MAJOR" main set port "$PG_PORT"
+    echo "listen_addresses = '127.0.0.1'" >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
+    printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
+        >"$ROOT/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
     # MariaDB on our port; root with an empty password over TCP, as on the host.
     cat >"$ROOT/etc/mysql/mariadb.conf.d/99-forksafe.cnf" <<EOF
 [mysqld]
@@ -164,7 +164,9 @@ redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; }
 memcached_up() { printf "version\r\n" | timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MEMCACHED_PORT; cat >&3; head -c 7 <&3" 2>/dev/null | grep -q VERSION; }
 if ! mariadb_up; then
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
-    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+    # By pid file: the mariadbd of the host, same path, is visible in /proc.
+    start-stop-daemon --start --background --make-pidfile --pidfile /run/mysqld/forky.pid \
+        --exec /usr/sbin/mariadbd -- --user=mysql
 fi
 pg_up || pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main start
 redis_up || redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no >/dev/null
