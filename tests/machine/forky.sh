@@ -42,10 +42,13 @@ PACKAGES=(
     mariadb-server mariadb-client libmariadb-dev
     "postgresql-$PG_MAJOR" "postgresql-$PG_MAJOR-postgis-3" postgresql-client pgbouncer gdal-bin
     memcached libmemcached-dev zlib1g-dev redis-server redis-tools
-    openssl strace tcpdump valgrind procps util-linux
+    openssl strace tcpdump valgrind procps util-linux libcrypt-dev
 )
-STAMP_FILE="$ROOT/etc/django-forksafe-forky"
-STAMP="forky 1: ${PACKAGES[*]}"
+# The chroot's layout: changing it rebuilds the chroot; a changed PACKAGES
+# list is installed into it.
+STAMP_FILE=etc/django-forksafe-forky  # Under $ROOT, as the next.
+STAMP="forky 1"
+PACKAGES_FILE=etc/django-forksafe-forky-packages
 # Older than this, the chroot's packages are upgraded (forky moves).
 REFRESH_DAYS=14
 TOX_VENV=/opt/forksafe-tox
@@ -98,19 +101,27 @@ copy_certificates() {
     fi
 }
 
+install_packages() {
+    in_root bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null' \
+        install "${PACKAGES[@]}"
+    echo "${PACKAGES[*]}" >"$ROOT/$PACKAGES_FILE"
+}
+
 build() {
     check_machine
     mkdir -p "$(dirname "$ROOT")"
     exec 9>"$(dirname "$ROOT")/.forky.lock"
     flock 9  # One build at a time (tox runs environments in parallel).
-    if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ]; then
-        if [ -z "$(find "$STAMP_FILE" -mtime +"$REFRESH_DAYS")" ]; then
-            return 0
+    if [ -f "$ROOT/$STAMP_FILE" ] && [ "$(cat "$ROOT/$STAMP_FILE")" = "$STAMP" ]; then
+        if [ -n "$(find "$ROOT/$STAMP_FILE" -mtime +"$REFRESH_DAYS")" ]; then
+            say "upgrading the chroot's packages (built more than $REFRESH_DAYS days ago)"
+            in_root bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade >/dev/null'
+            touch "$ROOT/$STAMP_FILE"
         fi
-        say "upgrading the chroot's packages (built more than $REFRESH_DAYS days ago)"
-        copy_certificates
-        in_root bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade >/dev/null'
-        touch "$STAMP_FILE"
+        if [ "$(cat "$ROOT/$PACKAGES_FILE" 2>/dev/null)" != "${PACKAGES[*]}" ]; then
+            say "installing the chroot's new packages"
+            install_packages
+        fi
         return 0
     fi
     local started=$SECONDS
@@ -130,8 +141,7 @@ build() {
     # Valid-Until (as debootstrap, which does not check it, took it).
     echo 'Acquire::Check-Valid-Until "false";' >"$ROOT/etc/apt/apt.conf.d/99forksafe"
     copy_certificates
-    in_root bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null' \
-        install "${PACKAGES[@]}"
+    install_packages
     # PostgreSQL: the cluster the package made, on our port, trusting loopback.
     in_root pg_conftool -s "$PG_MAJOR" main set port "$PG_PORT"
     echo "listen_addresses = '127.0.0.1'" >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
@@ -147,7 +157,7 @@ skip-log-bin
 port = $MYSQL_PORT
 EOF
     in_root bash -c "$PYTHON -m venv $TOX_VENV && $TOX_VENV/bin/pip install -q --cert /etc/forksafe/ca-certificates.crt tox"
-    echo "$STAMP" >"$ROOT/etc/django-forksafe-forky"
+    echo "$STAMP" >"$ROOT/$STAMP_FILE"
     ROOT=$final
     rm -rf "$ROOT"
     mv "$ROOT.new" "$ROOT"
