@@ -75,16 +75,12 @@ def test_control_forkserver_preload_connection_shared_with_workers(vendor: str) 
     assert all("error" in task for task in tasks[1:]), tasks
 
 
-# Python's -W error and more: every warning an error, in the scenario's process.
-ALL_WARNINGS_ERRORS = {"PYTHONWARNINGS": "error"}
-
-
 @pytest.mark.parametrize("vendor", dbconfig.VENDORS)
 def test_package_starts_no_thread_so_forks_do_not_warn(vendor: str) -> None:
     """The package starts no thread: a process using it forks without
     CPython 3.12's DeprecationWarning (a multi-threaded fork), its children
     query, and nothing warns, with every warning an error."""
-    result = run("threads_at_fork", vendor, **ALL_WARNINGS_ERRORS)
+    result = run("threads_at_fork", vendor, PYTHONWARNINGS="error")  # Every warning an error.
     assert result["python_threads"] == [1, 1] and result["os_threads"] == [1, 1]
     assert result["warnings"] == []
     assert result["child_statuses"] == [0, 0]
@@ -94,7 +90,7 @@ def test_package_starts_no_thread_so_forks_do_not_warn(vendor: str) -> None:
 def test_control_thread_started_by_the_program_warns(vendor: str) -> None:
     """A thread of the program's own: CPython 3.12+ warns at os.fork() (the
     warning the test above would see); a fork through libc runs no Python."""
-    result = run("threads_at_fork_thread_started", vendor, **ALL_WARNINGS_ERRORS)
+    result = run("threads_at_fork_thread_started", vendor, PYTHONWARNINGS="error")
     assert result["python_threads"] == [2, 2] and result["os_threads"] == [2, 2]
     expected = 1 if sys.version_info >= (3, 12) else 0
     assert len([w for w in result["warnings"] if "multi-threaded" in w]) == expected, result
