@@ -169,27 +169,40 @@ EOF
 start_servers='
 set -eu
 mariadb_up() { mariadb -h127.0.0.1 -P"$MYSQL_PORT" -uroot -e "SELECT 1" >/dev/null 2>&1; }
+mariadb_local() { mariadb --protocol=socket -uroot "$@" >/dev/null 2>&1; }
 pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
 redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; }
 memcached_up() { printf "version\r\n" | timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MEMCACHED_PORT; cat >&3; head -c 7 <&3" 2>/dev/null | grep -q VERSION; }
+# Only the servers started here are stopped at the end: another run in the
+# chroot (the benchmark, a second tox) may be using those already up.
 if ! mariadb_up; then
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
     # By pid file: the mariadbd of the host, same path, is visible in /proc.
     start-stop-daemon --start --background --make-pidfile --pidfile /run/mysqld/forky.pid \
         --exec /usr/sbin/mariadbd -- --user=mysql
+    started="$started mariadb"
 fi
-pg_up || pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main start
-redis_up || redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no >/dev/null
-memcached_up || memcached -d -u nobody -P /tmp/memcached-tcp.pid -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -m 64
+if ! pg_up; then
+    pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main start
+    started="$started postgresql"
+fi
+if ! redis_up; then
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no >/dev/null
+    started="$started redis"
+fi
+if ! memcached_up; then
+    memcached -d -u nobody -P /tmp/memcached-tcp.pid -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -m 64
+fi
+# The Unix socket is in this run s own /tmp.
 memcached -d -u nobody -P /tmp/memcached-unix.pid -s /tmp/forksafe-memcached.sock -a 0777 -m 64
 for _ in $(seq 120); do
     # Waiting for the servers just started, bounded; not synchronising tests.
-    mysql_ready=0
-    mariadb --protocol=socket -uroot -e "SELECT 1" >/dev/null 2>&1 && mysql_ready=1
-    [ $mysql_ready = 1 ] && pg_up && redis_up && memcached_up && break
+    { mariadb_up || mariadb_local -e "SELECT 1"; } && pg_up && redis_up && memcached_up && break
     sleep 0.5
 done
-mariadb --protocol=socket -uroot -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(\"\")"
+case "$started" in *mariadb*)  # Root over TCP with an empty password, as on the host.
+    mariadb_local -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(\"\")"
+esac
 mariadb_up || { echo "MariaDB does not answer on $MYSQL_PORT" >&2; exit 1; }
 pg_up || { echo "PostgreSQL does not answer on $PG_PORT" >&2; exit 1; }
 redis_up || { echo "Redis does not answer on $REDIS_PORT" >&2; exit 1; }
@@ -197,9 +210,9 @@ memcached_up || { echo "memcached does not answer on $MEMCACHED_PORT" >&2; exit 
 '
 
 stop_servers='
-mariadb-admin --protocol=socket -uroot shutdown 2>/dev/null
-pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main stop -m fast 2>/dev/null
-redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave 2>/dev/null
+case "$started" in *mariadb*) mariadb-admin --protocol=socket -uroot shutdown 2>/dev/null ;; esac
+case "$started" in *postgresql*) pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main stop -m fast 2>/dev/null ;; esac
+case "$started" in *redis*) redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave 2>/dev/null ;; esac
 for pidfile in /tmp/memcached-tcp.pid /tmp/memcached-unix.pid; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
 done
@@ -237,6 +250,7 @@ run() {  # COMMAND...: inside the chroot, in the source tree, servers up.
     )
     local status=0
     in_root env "${settings[@]}" "${forward[@]}" bash -c "
+        started=''
         trap '$stop_servers' EXIT
         $start_servers
         cd $SRC
