@@ -109,9 +109,23 @@ install_packages() {
 
 build() {
     check_machine
+    up_to_date && return 0
     mkdir -p "$(dirname "$ROOT")"
+    # One build at a time (tox runs environments in parallel); the lock is
+    # let go once built, not held by the servers and tests started after.
     exec 9>"$(dirname "$ROOT")/.forky.lock"
-    flock 9  # One build at a time (tox runs environments in parallel).
+    flock 9
+    build_locked
+    exec 9>&-
+}
+
+up_to_date() {
+    [ -f "$ROOT/$STAMP_FILE" ] && [ "$(cat "$ROOT/$STAMP_FILE")" = "$STAMP" ] \
+        && [ -z "$(find "$ROOT/$STAMP_FILE" -mtime +"$REFRESH_DAYS")" ] \
+        && [ "$(cat "$ROOT/$PACKAGES_FILE" 2>/dev/null)" = "${PACKAGES[*]}" ]
+}
+
+build_locked() {
     if [ -f "$ROOT/$STAMP_FILE" ] && [ "$(cat "$ROOT/$STAMP_FILE")" = "$STAMP" ]; then
         if [ -n "$(find "$ROOT/$STAMP_FILE" -mtime +"$REFRESH_DAYS")" ]; then
             say "upgrading the chroot's packages (built more than $REFRESH_DAYS days ago)"
