@@ -1,6 +1,8 @@
 # make demo: forksafe_check on testproject/, plain ENGINE vs forksafe ENGINE,
 # on SQLite first (no server), then MariaDB and PostgreSQL.
-# make test: the test suite, on the oldest and the newest supported versions.
+# make test: the test suite, on the oldest and the newest supported versions
+# (the newest in a Debian chroot where this machine lacks it).
+# make benchmark: docs/performance.rst's figures.
 # Both set up what they need first (see tests/machine/setup.sh).
 
 PYTHON ?= python3
@@ -12,16 +14,25 @@ UV_BINS := $(wildcard $(or $(UV_PYTHON_INSTALL_DIR),$(HOME)/.local/share/uv/pyth
 empty :=
 space := $(empty) $(empty)
 export PATH := $(PATH)$(if $(PYENV_BINS)$(UV_BINS),:$(subst $(space),:,$(strip $(PYENV_BINS) $(UV_BINS))))
-# The newest versions with everything, the oldest Python without the real
-# programs (half the time), psycopg2, SpatiaLite, the type and lint checks.
-TEST_ENVS ?= py313-django61,py310-django52-core,py312-django52-psycopg2,spatialite,unit,mypy,lint
+# The newest stack with everything (CPython 3.14, the newest Django,
+# PostgreSQL 18, MariaDB 11.8: this machine's own if it has them all, else the
+# forky environment, a Debian chroot: tests/machine/forky.sh), the oldest
+# Python without the real programs (half the time), psycopg2, SpatiaLite, the
+# type and lint checks.
+NEWEST_ENV ?= $(shell bash tests/machine/forky.sh env)
+TEST_ENVS ?= $(NEWEST_ENV),py310-django52-core,py312-django52-psycopg2,spatialite,unit,mypy,lint
 
-.PHONY: demo test unit tox benchmark clean machine
+.PHONY: demo test unit tox benchmark benchmark-host clean machine forky
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check --no-input
 
 # System packages, database servers, the test role and databases (see the script).
 machine:
 	@bash tests/machine/setup.sh
+
+# The newest stack's chroot, built once (a few minutes) where this machine
+# lacks CPython 3.14 and the newest servers; reused after.
+forky:
+	@if [ "$(NEWEST_ENV)" = forky ]; then bash tests/machine/forky.sh build; fi
 
 # Debian's python3 makes virtualenvs only with python3-venv.
 $(VENV)/bin/python:
@@ -50,7 +61,7 @@ demo: $(VENV)/.demo
 # its own (tests/dbconfig.py) and mostly waits for its children and servers.
 # The environments whose Python is not found are named at the end (with
 # CI=true they must all run: tests/machine/interpreters.py).
-test: machine $(VENV)/bin/tox
+test: machine forky $(VENV)/bin/tox
 	@envs="$$($(VENV)/bin/python tests/machine/interpreters.py select '$(TEST_ENVS)')" && \
 	status=0 && $(VENV)/bin/tox run-parallel -p 2 --parallel-no-spinner -q -e "$$envs" || status=$$?; \
 	$(VENV)/bin/python tests/machine/interpreters.py report '$(TEST_ENVS)'; exit $$status
@@ -62,10 +73,30 @@ unit: $(VENV)/bin/tox
 tox: machine $(VENV)/bin/tox
 	$(VENV)/bin/tox run -q
 
-benchmark: $(VENV)/.demo
-	$(PIP) install gunicorn pytest
+# docs/performance.rst's figures: on this machine's Python, then on the newest
+# stack's (CPython 3.14: this machine's, else in the forky chroot). Run from a
+# directory that holds only the tests (tests.IMPORT_PATH), so that the
+# installed django_forksafe, with its C extension, is measured, not the
+# source tree. valgrind counts instructions (installed here on Debian as
+# root; else those lines say they were skipped).
+BENCHMARK_ROUNDS ?= 9
+BENCHMARK_GUNICORN_ROUNDS ?= 3
+BENCHMARK_ARGS = --rounds $(BENCHMARK_ROUNDS) --gunicorn-rounds $(BENCHMARK_GUNICORN_ROUNDS)
+benchmark: machine forky
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; } \
+		|| echo "--- valgrind is not installed: the instruction counts will say skipped"
+	@$(MAKE) --no-print-directory benchmark-host
+	@if [ "$(NEWEST_ENV)" = forky ]; then bash tests/machine/forky.sh benchmark $(BENCHMARK_ARGS); \
+	else $(MAKE) --no-print-directory benchmark-host PYTHON=python3.14 VENV=.venv314; fi
+
+# The benchmark on PYTHON in VENV, here.
+benchmark-host: $(VENV)/.demo
+	$(PIP) install gunicorn pytest pylibmc pymemcache
 	@$(PIP) install 'mysqlclient>=2.2.1' || echo "--- mysqlclient did not build: MariaDB left out (make machine installs its build)"
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m tests.benchmarks.overhead
+	$(PIP) install --no-deps --force-reinstall .  # The code as it is now.
+	cd "$$($(VENV)/bin/python -c 'import tests; print(tests.IMPORT_PATH)')" \
+		&& PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(CURDIR)/$(VENV)/bin/python -m tests.benchmarks.overhead $(BENCHMARK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tox build dist *.egg-info testproject/db.sqlite3

@@ -41,6 +41,8 @@ def test_forksafe_engine_closes_every_hazard(vendor: str) -> None:
     assert status == 0
     assert result["forksafe"] and result["reachable"]
     assert result["fork_detection"] == "MADV_WIPEONFORK"  # This kernel supports it.
+    # testproject sets no start method: this Python's default.
+    assert result["multiprocessing_start_method"] == ("forkserver" if sys.version_info >= (3, 14) else "fork")
     assert [hazard["hazard"] for hazard in result["hazards"] if hazard["safe"]] == list(HAZARDS), result
 
 
@@ -61,6 +63,8 @@ def test_table_output_suggests_engine() -> None:
     assert "CommandError: Fork hazards open on default." in process.stderr
     assert "child closes" in process.stdout and "OPEN" in process.stdout
     assert "-> use ENGINE = 'django_forksafe.backends.sqlite3'" in process.stdout
+    method = "forkserver" if sys.version_info >= (3, 14) else "fork"
+    assert f"multiprocessing start method: {method} (multiprocessing.Pool()" in process.stdout
 
 
 def test_unreachable_database_reported_not_raised() -> None:

@@ -8,8 +8,8 @@ SQLite's file is FORKSAFE_SQLITE_NAME (default: testproject/db.sqlite3), and
 its test database FORKSAFE_SQLITE_TEST_NAME (default: in memory).
 FORKSAFE_ENGINE: forksafe (default) or plain, Django's own ENGINE.
 django-rq and huey are used when installed (Redis on 127.0.0.1, port
-FORKSAFE_REDIS_PORT, default 6379): the
-queue is named by FORKSAFE_RQ_QUEUE / FORKSAFE_HUEY_NAME.
+FORKSAFE_REDIS_PORT, default 6379): the queue is named by FORKSAFE_RQ_QUEUE /
+FORKSAFE_HUEY_NAME.
 django-q2 is used when installed (its ORM broker, on the database): the
 cluster and its queue are named by FORKSAFE_Q_NAME, and its workers are
 recycled after FORKSAFE_Q_RECYCLE tasks.

@@ -129,6 +129,8 @@ def report() -> None:
                 f"{variant} {per_get['total']:.2f} (getpid {per_get.get('getpid', 0.0):.2f})"
                 for variant, per_get in calls.items()
             )
+        if not shutil.which("valgrind"):
+            line += "  instructions per get: skipped, valgrind is not installed"
         print(line)
 
 

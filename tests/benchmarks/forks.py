@@ -8,7 +8,8 @@ of the jobs each at a time, so that the machine's drift (this VM's speed
 moves by a tenth within minutes) touches both alike; each round starts new
 ones.
 A process holds 10 aliases connected to
-PostgreSQL and 200 more open descriptors (files, as a real server has).
+the server (PostgreSQL, and for fork-and-query MariaDB too) and 200 more open
+descriptors (files, as a real server has).
 
 - fork-and-exit: fork, the child calls os._exit(0), the parent waits. The
   child of a job runner that crashes or is recycled; of subprocess's fork.
@@ -20,7 +21,7 @@ PostgreSQL and 200 more open descriptors (files, as a real server has).
   is possible), and against closing every connection before each fork (what
   RQ, django-q and Celery's fixup do: the parent reconnects after).
 
-    python -m tests.benchmarks.forks [--rounds 7] [--job fork-and-exit ...]
+    python -m tests.benchmarks.forks [--rounds 7] [--job fork-and-exit ...] [--vendor mysql ...]
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ JOBS = {
 }
 
 
-def serve(job: str, engine: str, around: str) -> None:
+def serve(job: str, engine: str, around: str, vendor: str) -> None:
     """In this process: one job per line read from stdin, answered with its
     microseconds, wall clock and the child's CPU (user and system, from
     wait4(): the kernel's exit and the page faults included, the parent's
@@ -66,7 +67,7 @@ def serve(job: str, engine: str, around: str) -> None:
 
     aliases = [f"a{i}" for i in range(ALIASES)]
     settings.configure(
-        DATABASES={"default": {}, **{alias: dbconfig.database("postgresql", engine) for alias in aliases}},
+        DATABASES={"default": {}, **{alias: dbconfig.database(vendor, engine) for alias in aliases}},
         USE_TZ=True,
     )
     django.setup()
@@ -111,7 +112,9 @@ def serve(job: str, engine: str, around: str) -> None:
     connections.close_all()
 
 
-def lockstep(job: str, names: tuple[str, str], rounds: int, forks: int) -> dict[str, tuple[float, float]]:
+def lockstep(
+    job: str, names: tuple[str, str], rounds: int, forks: int, vendor: str
+) -> dict[str, tuple[float, float]]:
     """Each round starts a process for each of two variants; they take
     turns, a sixth of the jobs at a time (in alternating order), so that the
     machine's drift touches both alike while each runs warm, as a job runner
@@ -123,7 +126,7 @@ def lockstep(job: str, names: tuple[str, str], rounds: int, forks: int) -> dict[
         for name in names:
             engine, env, around = VARIANTS[name]
             processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "tests.benchmarks.forks", "--serve", job, engine, around],
+                [sys.executable, "-m", "tests.benchmarks.forks", "--serve", job, engine, around, vendor],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env},
             )
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
@@ -156,43 +159,58 @@ def lockstep(job: str, names: tuple[str, str], rounds: int, forks: int) -> dict[
     }
 
 
-def report(rounds: int, jobs: tuple[str, ...] = tuple(JOBS)) -> None:
+# The fork's own cost does not depend on the server; a query's does.
+VENDORS = {"fork-and-exit": ("postgresql",), "subprocess.run": ("postgresql",),
+           "fork-and-query": dbconfig.SERVER_VENDORS}
+
+
+def report(
+    rounds: int, jobs: tuple[str, ...] = tuple(JOBS), vendors: tuple[str, ...] = dbconfig.SERVER_VENDORS
+) -> None:
     """Each variant against the job's baseline, in pairs: a third process
     taking turns with them would change their caches (the pure-Python
     variant's children touch much more memory)."""
-    print(f"a fork with {ALIASES} aliases on PostgreSQL and {DESCRIPTORS} more descriptors, "
+    print(f"a fork with {ALIASES} aliases on the server and {DESCRIPTORS} more descriptors, "
           f"µs (median of {rounds} rounds, each variant in lockstep with the first), wall clock [child's CPU]:")
     for job, forks in (("fork-and-exit", 300), ("subprocess.run", 300), ("fork-and-query", 60)):
-        if job not in jobs:
-            continue
-        baseline, *others = JOBS[job]
-        cells, baseline_walls, baseline_cpus = [], [], []
-        for other in others:
-            pair = lockstep(job, (baseline, other), rounds, forks)
-            (base, base_cpu), (wall, cpu) = pair[baseline], pair[other]
-            baseline_walls.append(base)
-            baseline_cpus.append(base_cpu)
-            cells.append(
-                f"{other} {wall:.0f} ({wall - base:+.0f}; {wall / base:.3f})"
-                + (f" [{cpu:.0f} ({cpu - base_cpu:+.0f})]" if cpu else "")
-            )
-        base, base_cpu = statistics.median(baseline_walls), statistics.median(baseline_cpus)
-        print(f"  {job}: {baseline} {base:.0f}" + (f" [{base_cpu:.0f}]" if base_cpu else "") + "; " + ", ".join(cells))
+        for vendor in VENDORS[job]:
+            if job in jobs and vendor in vendors:
+                report_job(job, forks, rounds, vendor)
+
+
+def report_job(job: str, forks: int, rounds: int, vendor: str) -> None:
+    baseline, *others = JOBS[job]
+    cells, baseline_walls, baseline_cpus = [], [], []
+    for other in others:
+        pair = lockstep(job, (baseline, other), rounds, forks, vendor)
+        (base, base_cpu), (wall, cpu) = pair[baseline], pair[other]
+        baseline_walls.append(base)
+        baseline_cpus.append(base_cpu)
+        cells.append(
+            f"{other} {wall:.0f} ({wall - base:+.0f}; {wall / base:.3f})"
+            + (f" [{cpu:.0f} ({cpu - base_cpu:+.0f})]" if cpu else "")
+        )
+    base, base_cpu = statistics.median(baseline_walls), statistics.median(baseline_cpus)
+    print(f"  {job} ({vendor}): {baseline} {base:.0f}" + (f" [{base_cpu:.0f}]" if base_cpu else "") + "; "
+          + ", ".join(cells))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--job", action="append", choices=list(JOBS), help="only this job (repeatable)")
-    parser.add_argument("--serve", nargs=3, metavar=("JOB", "ENGINE", "AROUND"), help=argparse.SUPPRESS)
+    parser.add_argument("--vendor", action="append", choices=dbconfig.SERVER_VENDORS, help="only this server")
+    parser.add_argument("--serve", nargs=4, metavar=("JOB", "ENGINE", "AROUND", "VENDOR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(*args.serve)
         return
-    reason = dbconfig.unreachable_reason("postgresql")
-    if reason:
-        sys.exit(reason)
-    report(args.rounds, tuple(args.job or JOBS))
+    vendors = tuple(args.vendor or dbconfig.SERVER_VENDORS)
+    for vendor in vendors:
+        reason = dbconfig.unreachable_reason(vendor)
+        if reason:
+            sys.exit(reason)
+    report(args.rounds, tuple(args.job or JOBS), vendors)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ aliases; then a cache get through the memcached BACKENDs (see
 tests/benchmarks/cache_overhead.py); then gunicorn --preload's throughput on the forksafe ENGINE against
 the plain ENGINE without preload (tests/benchmarks/gunicorn_throughput.py).
 
-    python -m tests.benchmarks.overhead [--rounds 15]
+    python -m tests.benchmarks.overhead [--rounds 15] [--gunicorn-rounds 5] [--section instructions ...]
 """
 
 from __future__ import annotations
@@ -158,19 +158,42 @@ def syscalls(vendor: str, variant: str, queries: int) -> dict[str, int]:
     return counts
 
 
-def instructions(vendor: str, variant: str, queries: int) -> int:
+def instructions(vendor: str, variant: str, queries: int, seed: int) -> int:
     """Instructions (callgrind) of a process that runs `queries` queries."""
     process = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
          "tests.benchmarks.overhead", "--queries-only", vendor, variant, str(queries)],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)},
     )
     return int(process.stderr.rsplit("Collected : ", 1)[1].split()[0])
 
 
-def instructions_per_query(vendor: str, variant: str) -> float:
-    """Deterministic, unlike time: the difference between 5000 queries and 1000."""
-    return (instructions(vendor, variant, 5000) - instructions(vendor, variant, 1000)) / 4000
+def instructions_per_query(vendor: str, variant: str, seed: int = 0) -> float:
+    """Deterministic for a given hash seed, unlike time: the difference
+    between 5000 queries and 1000. The hash seed moves where objects land
+    (dict and set layouts, the allocator's pools): the count with it."""
+    return (instructions(vendor, variant, 5000, seed) - instructions(vendor, variant, 1000, seed)) / 4000
+
+
+# The hash seeds the instruction counts are taken with: their spread is how
+# far the count moves with the process's layout alone.
+SEEDS = (0, 1, 2)
+
+
+def report_instructions() -> None:
+    print("\ninstructions per query (callgrind), SQLite file on tmpfs, by PYTHONHASHSEED:")
+    if not shutil.which("valgrind"):
+        print("  skipped: valgrind is not installed (make benchmark installs it on Debian as root)")
+        return
+    ratios = []
+    for seed in SEEDS:
+        variants = ("plain", "forksafe", "getpid") if seed == SEEDS[0] else ("plain", "forksafe")
+        executed = {variant: instructions_per_query("sqlite3", variant, seed) for variant in variants}
+        ratios.append(executed["forksafe"] / executed["plain"])
+        print(f"  seed {seed}: " + ", ".join(
+            f"{variant} {count:.0f} ({count / executed['plain']:.4f})" for variant, count in executed.items()
+        ))
+    print(f"  forksafe / plain: median {statistics.median(ratios):.4f}, from {min(ratios):.4f} to {max(ratios):.4f}")
 
 
 def syscalls_per_query(vendor: str, variant: str) -> dict[str, float]:
@@ -216,12 +239,18 @@ def invalidation_microseconds(vendor: str, aliases: int, rounds: int, warm: bool
     return float(statistics.median(samples)) * 1e6
 
 
+SECTIONS = ("queries", "instructions", "invalidation", "cache", "forks", "gunicorn")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument(
         "--gunicorn-rounds", type=int, default=5,
         help="Rounds of the gunicorn throughput comparison (0 to leave it out).",
+    )
+    parser.add_argument(
+        "--section", action="append", choices=SECTIONS, help="only this part (repeatable; default: all)"
     )
     parser.add_argument("--queries-only", nargs=3, metavar=("VENDOR", "VARIANT", "QUERIES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,57 +260,67 @@ def main() -> None:
         vendor, variant, queries = args.queries_only
         run_queries(wrapper(vendor, variant), int(queries))
         return
+    sections = set(args.section or SECTIONS)
+    from django_forksafe import detection
+
     print(f"{time.strftime('%Y-%m-%d')}, {platform.python_implementation()} "
           f"{platform.python_version()}, Django {django.get_version()}, "
-          f"{os.cpu_count()} CPUs, median of {args.rounds} alternating rounds")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, median of {args.rounds} alternating rounds; "
+          f"django_forksafe {'with' if detection.NATIVE is not None else 'WITHOUT'} its C extension, "
+          f"fork detection {detection.METHOD}")
+    available = [v for v in ("sqlite3", *dbconfig.SERVER_VENDORS) if not dbconfig.unreachable_reason(v)]
+    if "queries" in sections:
+        report_queries(available, args.rounds)
+    if "instructions" in sections:
+        report_instructions()
+    if os.path.exists(SQLITE_FILE):
+        os.remove(SQLITE_FILE)
+    servers = tuple(v for v in available if v != "sqlite3")
+    if "invalidation" in sections:
+        print("\nchild's invalidation of inherited connections (no network I/O), µs:")
+        print(f"{'database':<12} {'aliases':>7} {'fresh child':>12} {'warm child':>11}")
+        for vendor in servers:
+            for aliases in (1, 10):
+                fresh, warm = (
+                    invalidation_microseconds(vendor, aliases, args.rounds, warm)
+                    for warm in (False, True)
+                )
+                print(f"{vendor:<12} {aliases:>7} {fresh:>12.1f} {warm:>11.1f}")
+    if "cache" in sections:
+        from tests.benchmarks import cache_overhead
+
+        print()
+        cache_overhead.report()
+    if "forks" in sections and servers:
+        from tests.benchmarks import forks
+
+        print()
+        forks.report(max(3, args.rounds // 2), vendors=servers)
+    if "gunicorn" in sections and args.gunicorn_rounds and "postgresql" in available and shutil.which("gunicorn"):
+        from tests.benchmarks import gunicorn_throughput
+
+        print()
+        gunicorn_throughput.compare("postgresql", args.gunicorn_rounds, requests=2000)
+
+
+def report_queries(available: list[str], rounds: int) -> None:
     print("per-query time over plain (wall clock; client CPU) [over plain_subclass], system calls per query:")
     print(f"{'database':<11} {'plain µs':>8} {'plain_subclass':>14} {'forksafe':>22} {'getpid':>22}"
           "   system calls per query (of which getpid): plain, forksafe, getpid")
-    available = [v for v in ("sqlite3", *dbconfig.SERVER_VENDORS) if not dbconfig.unreachable_reason(v)]
     for vendor in available:
-        row = {**compare(vendor, args.rounds, "forksafe"), **compare(vendor, args.rounds, "getpid")}
+        row = {**compare(vendor, rounds, "forksafe"), **compare(vendor, rounds, "getpid")}
         ratios = "".join(
             f" {row[f'{variant}_wall']:>6.3f} ({row[f'{variant}_cpu']:.3f})"
             + (f" [{row[f'{variant}_own']:.3f}]" if f"{variant}_own" in row else "")
             for variant in VARIANTS[1:]
         )
-        counts = ""
+        counts = "  (strace not installed: system calls skipped)"
         if shutil.which("strace"):
+            counts = ""
             for variant in ("plain", "forksafe", "getpid"):
                 per_query = syscalls_per_query(vendor, variant)
                 counts += f" {per_query['total']:.2f} ({per_query.get('getpid', 0.0):.2f})"
         print(f"{vendor:<11} {row['plain_us']:>8.2f}{ratios}  {counts}")
-    if shutil.which("valgrind"):
-        print("\ninstructions per query (callgrind), SQLite file on tmpfs:")
-        executed = {variant: instructions_per_query("sqlite3", variant) for variant in ("plain", "forksafe", "getpid")}
-        print("  " + ", ".join(
-            f"{variant} {count:.0f} ({count / executed['plain']:.4f})" for variant, count in executed.items()
-        ))
-    if os.path.exists(SQLITE_FILE):
-        os.remove(SQLITE_FILE)
-    print("\nchild's invalidation of inherited connections (no network I/O), µs:")
-    print(f"{'database':<12} {'aliases':>7} {'fresh child':>12} {'warm child':>11}")
-    for vendor in (v for v in available if v != "sqlite3"):
-        for aliases in (1, 10):
-            fresh, warm = (
-                invalidation_microseconds(vendor, aliases, args.rounds, warm)
-                for warm in (False, True)
-            )
-            print(f"{vendor:<12} {aliases:>7} {fresh:>12.1f} {warm:>11.1f}")
-    from tests.benchmarks import cache_overhead
-
-    print()
-    cache_overhead.report()
-    if "postgresql" in available:
-        from tests.benchmarks import forks
-
-        print()
-        forks.report(max(3, args.rounds // 2))
-    if args.gunicorn_rounds and "postgresql" in available and shutil.which("gunicorn"):
-        from tests.benchmarks import gunicorn_throughput
-
-        print()
-        gunicorn_throughput.compare("postgresql", args.gunicorn_rounds, requests=2000)
 
 
 if __name__ == "__main__":

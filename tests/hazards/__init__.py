@@ -14,7 +14,18 @@ from __future__ import annotations
 import os
 
 from django_forksafe.hazards import libc_fork
-from tests.hazards import basic, detection, pools, robustness, servers, sockets, sqlite, state, transactions
+from tests.hazards import (
+    basic,
+    detection,
+    pools,
+    robustness,
+    servers,
+    sockets,
+    sqlite,
+    start_methods,
+    state,
+    transactions,
+)
 from tests.hazards.common import Monitor, Scenario
 
 __all__ = ["LIBC_FORK_TRIGGERS", "SCENARIOS", "Monitor"]
@@ -63,6 +74,11 @@ SCENARIOS: dict[str, Scenario] = {
     "child_killed_in_atomic": transactions.child_killed_in_atomic,
     "multiprocessing_pool_started_in_atomic": transactions.pool_started_in_atomic("multiprocessing"),
     "process_pool_executor_started_in_atomic": transactions.pool_started_in_atomic("executor"),
+    # A forkserver's preloaded modules opened a connection: every worker is its child.
+    "forkserver_preload_connection": start_methods.forkserver_preload_connection,
+    # CPython 3.12+ warns of a fork in a multi-threaded process: never ours.
+    "threads_at_fork": start_methods.threads_at_fork(),
+    "threads_at_fork_thread_started": start_methods.threads_at_fork(start_thread=True),
     # Django's connection pool.
     "pool": pools.pool,
     "pool_warmed_up": lambda vendor, engine: pools.pool(vendor, engine, warm_up_only=True),

@@ -97,7 +97,8 @@ class Command(BaseCommand):
     def check_alias(self, alias: str, timeout: float) -> dict[str, Any]:
         engine = connections.settings[alias]["ENGINE"]
         result: dict[str, Any] = {
-            "alias": alias, "engine": engine, "forksafe": False, "fork_detection": detection.METHOD, "hazards": []
+            "alias": alias, "engine": engine, "forksafe": False, "fork_detection": detection.METHOD,
+            "multiprocessing_start_method": multiprocessing_start_method(), "hazards": []
         }
         try:
             wrapper = connections[alias]
@@ -125,7 +126,8 @@ class Command(BaseCommand):
         from django_forksafe.cache import ForkSafeMemcachedMixin
 
         result: dict[str, Any] = {
-            "alias": alias, "kind": "cache", "engine": backend, "fork_detection": detection.METHOD, "hazards": []
+            "alias": alias, "kind": "cache", "engine": backend, "fork_detection": detection.METHOD,
+            "multiprocessing_start_method": multiprocessing_start_method(), "hazards": []
         }
         result["forksafe"] = issubclass(backend_class, ForkSafeMemcachedMixin)
         self.progress(f"cache {alias}: connecting...")
@@ -168,6 +170,8 @@ class Command(BaseCommand):
         width = max(len(hazard) for hazard in [*HAZARDS, *CACHE_HAZARDS])
         self.stdout.write(f"Fork detection: {detection.METHOD} ({detection.DESCRIPTION[detection.METHOD]})")
         self.stdout.write(f"Mechanism: {detection.MECHANISM}")
+        method = multiprocessing_start_method()
+        self.stdout.write(f"multiprocessing start method: {method} ({START_METHODS.get(method, '')})")
         for result in results:
             cache = result.get("kind") == "cache"
             heading = f"{'cache ' if cache else ''}{result['alias']}  ({result['engine']})"
@@ -193,3 +197,26 @@ class Command(BaseCommand):
             elif not result["forksafe"]:
                 suggestion = suggest_engine(result["engine"])
                 self.stdout.write(f"  -> use ENGINE = {suggestion!r} to close these hazards")
+
+
+# What multiprocessing.Pool() and ProcessPoolExecutor() do to this process,
+# by start method (docs/multiprocessing.rst).
+STILL_FORKS = "gunicorn, uWSGI, Celery's prefork pool, RQ, Huey, os.fork() and get_context('fork') still fork it"
+START_METHODS = {
+    "fork": "multiprocessing.Pool() and ProcessPoolExecutor() fork this process: their workers inherit its "
+    "connections, as the hazards below show",
+    "forkserver": "multiprocessing.Pool() and ProcessPoolExecutor() fork a server process started without "
+    f"this process's connections, not this process (unless set_forkserver_preload() opens some); {STILL_FORKS}",
+    "spawn": "multiprocessing.Pool() and ProcessPoolExecutor() start fresh interpreters, not forks of this "
+    f"process; {STILL_FORKS}",
+}
+
+
+def multiprocessing_start_method() -> str:
+    """The start method multiprocessing uses in this process: the one the
+    project set (in its settings or an AppConfig.ready()), else this Python's
+    default (forkserver on Linux from CPython 3.14, fork before). Reading it
+    does not fix it, so that the project can still set it later."""
+    import multiprocessing
+
+    return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
