@@ -134,7 +134,9 @@ def geventpool_containers() -> list[dict[str, Any]]:
     if isinstance(getattr(mixin, "_connection_pools", None), dict):
         containers.append(mixin._connection_pools)  # type: ignore[union-attr]
     for name, module in list(sys.modules.items()):
-        pools = getattr(module, "connection_pools", None) if name.startswith("django_db_geventpool.") else None
+        if not name.startswith("django_db_geventpool."):
+            continue
+        pools = getattr(module, "connection_pools", None)
         if isinstance(pools, dict) and not any(pools is known for known in containers):
             containers.append(pools)
     if not containers:
