@@ -161,11 +161,14 @@ start_mariadb() {
         mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db >"$log" 2>&1 \
             || { tail -n 20 "$log" >&2; fail "MariaDB" "mariadb-install-db failed (log: $log)" "see the log"; return 1; }
     fi
+    # --skip-ssl: plaintext sessions, as the hazards' controls expect
+    # (MariaDB 11.4 and later offer TLS by default, and clients take it); the
+    # TLS tests start a TLS server of their own.
     say "MariaDB: starting it on 127.0.0.1:$mysql_port"
     install -d -o mysql -g mysql /run/mysqld
     start-stop-daemon --start --background --oknodo --pidfile "/run/mysqld/forksafe-$mysql_port.pid" \
         --exec "$server" -- --user=mysql --bind-address=127.0.0.1 --port="$mysql_port" --socket="$mysql_socket" \
-        --pid-file="/run/mysqld/forksafe-$mysql_port.pid" --log-error="$log"
+        --pid-file="/run/mysqld/forksafe-$mysql_port.pid" --log-error="$log" --skip-ssl
     wait_for "MariaDB" port_open 127.0.0.1 "$mysql_port" \
         || { tail -n 20 "$log" >&2; fail "MariaDB" "it did not start (log: $log)" "see the log"; return 1; }
 }
