@@ -30,6 +30,13 @@ if expected_django and django.VERSION[:2] != tuple(map(int, expected_django.spli
     )
 
 
+# The suite's PostgreSQL sessions are plaintext, as the hazards' controls
+# expect (libpq would take TLS where the server offers it, as Debian's
+# clusters do); the TLS tests ask for it (sslmode) from servers of their own.
+# Set here, it reaches the programs the tests start too.
+os.environ.setdefault("PGSSLMODE", "disable")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     from tests import dbconfig
 

@@ -74,7 +74,10 @@ def django_tests() -> Path:
     archive = next(CACHE.glob(f"[Dd]jango-{version}.tar.gz"))
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(f"{archive.name[:-7]}/tests/")]
-        tar.extractall(CACHE, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(CACHE, members=members, filter="data")
+        else:  # Python 3.11.2 (Debian 12's) predates filter=; these are Django's tests/ only.
+            tar.extractall(CACHE, members=members)
     extracted = CACHE / archive.name[:-7]
     if extracted != tests.parent:
         extracted.rename(tests.parent)

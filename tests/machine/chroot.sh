@@ -26,8 +26,10 @@ if [ ! -d "$root/root/django-forksafe" ]; then
     echo "--- a fresh clone of $source ($branch)"
     git clone --quiet --branch "$branch" "$source" "$root/root/django-forksafe"
 fi
-# The host's network, names and certificate authorities.
+# The host's network, names (its hostname among them, as a machine's own
+# /etc/hosts has it) and certificate authorities.
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+cp /etc/hosts "$root/etc/hosts"
 install -D -m 644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/host-ca-certificates.crt"
 # The processes running in this root: the servers make started there.
 inside() {
@@ -50,6 +52,12 @@ cleanup() {
     for ((index = ${#mounted[@]} - 1; index >= 0; index--)); do umount -l "${mounted[index]}" || true; done
 }
 trap cleanup EXIT
+# The root a mount point of its own, as a machine's is (unshare --mount
+# changes its propagation: tests/test_child_state.py), then /proc and /dev.
+if ! mountpoint -q "$root"; then
+    mount --bind "$root" "$root"
+    mounted+=("$root")
+fi
 for where in proc dev dev/pts dev/shm; do
     mountpoint -q "$root/$where" && continue
     mkdir -p "$root/$where"

@@ -138,34 +138,39 @@ fi
 
 # --- MariaDB -----------------------------------------------------------------
 mysql_socket=/run/mysqld/mysqld.sock
+# --skip-ssl: MariaDB 11.4's client asks for TLS by default, and the server
+# started below offers none (the hazards' controls expect plaintext).
 mysql_as_user() {
-    MYSQL_PWD="$mysql_password" mariadb --no-defaults -h "$mysql_host" -P "$mysql_port" --protocol=tcp -u "$mysql_user" "$@"
+    MYSQL_PWD="$mysql_password" mariadb --no-defaults --skip-ssl -h "$mysql_host" -P "$mysql_port" --protocol=tcp -u "$mysql_user" "$@"
 }
 # root through the Unix socket (unix_socket authentication, Debian's
 # default), if that socket is the server on our port; else root over TCP
 # with no password (a developer's machine set up that way).
 mysql_admin() {
-    if [ -S "$mysql_socket" ] && [ "$(mariadb --no-defaults -S "$mysql_socket" -uroot -N -e 'SELECT @@port' 2>/dev/null)" = "$mysql_port" ]; then
-        mariadb --no-defaults -S "$mysql_socket" -uroot "$@"
+    if [ -S "$mysql_socket" ] && [ "$(mariadb --no-defaults --skip-ssl -S "$mysql_socket" -uroot -N -e 'SELECT @@port' 2>/dev/null)" = "$mysql_port" ]; then
+        mariadb --no-defaults --skip-ssl -S "$mysql_socket" -uroot "$@"
     else
-        MYSQL_PWD="" mariadb --no-defaults -h "$mysql_host" -P "$mysql_port" --protocol=tcp -uroot "$@"
+        MYSQL_PWD="" mariadb --no-defaults --skip-ssl -h "$mysql_host" -P "$mysql_port" --protocol=tcp -uroot "$@"
     fi
 }
 start_mariadb() {
-    local server=/usr/sbin/mariadbd log="/var/log/forksafe-mariadb-$mysql_port.log"
+    local server=/usr/sbin/mariadbd log="/var/log/mysql/forksafe-$mysql_port.log"
     [ -x "$server" ] || { fail "MariaDB" "no server on $mysql_host:$mysql_port and mariadb-server is not installed" \
         "apt-get install -y mariadb-server"; return 1; }
     is_root || { fail "MariaDB" "no server on $mysql_host:$mysql_port" "sudo make $make_target"; return 1; }
+    install -d -o mysql -g mysql /run/mysqld /var/log/mysql
     if [ ! -d /var/lib/mysql/mysql ]; then
         say "MariaDB: creating its data directory"
         mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db >"$log" 2>&1 \
             || { tail -n 20 "$log" >&2; fail "MariaDB" "mariadb-install-db failed (log: $log)" "see the log"; return 1; }
     fi
+    # --skip-ssl: plaintext sessions, as the hazards' controls expect
+    # (MariaDB 11.4 and later offer TLS by default, and clients take it); the
+    # TLS tests start a TLS server of their own.
     say "MariaDB: starting it on 127.0.0.1:$mysql_port"
-    install -d -o mysql -g mysql /run/mysqld
     start-stop-daemon --start --background --oknodo --pidfile "/run/mysqld/forksafe-$mysql_port.pid" \
         --exec "$server" -- --user=mysql --bind-address=127.0.0.1 --port="$mysql_port" --socket="$mysql_socket" \
-        --pid-file="/run/mysqld/forksafe-$mysql_port.pid" --log-error="$log"
+        --pid-file="/run/mysqld/forksafe-$mysql_port.pid" --log-error="$log" --skip-ssl
     wait_for "MariaDB" port_open 127.0.0.1 "$mysql_port" \
         || { tail -n 20 "$log" >&2; fail "MariaDB" "it did not start (log: $log)" "see the log"; return 1; }
 }
