@@ -115,12 +115,14 @@ configure() {
     printf "listen_addresses = '127.0.0.1'\nssl = off\n" >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
     printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
         >"$ROOT/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
-    # MariaDB on our port; root with an empty password over TCP, as on the host.
+    # MariaDB on our port; root with an empty password over TCP, without TLS
+    # (11.4 and later turn it on by default), as on the host.
     cat >"$ROOT/etc/mysql/mariadb.conf.d/99-forksafe.cnf" <<CNF
 [mysqld]
 port = $MYSQL_PORT
 bind-address = 127.0.0.1
 skip-log-bin
+skip-ssl
 [client]
 port = $MYSQL_PORT
 CNF
