@@ -96,7 +96,7 @@ benchmark-host: $(VENV)/.demo
 	@$(PIP) install 'mysqlclient>=2.2.1' || echo "--- mysqlclient did not build: MariaDB left out (make machine installs its build)"
 	$(PIP) install --no-deps --force-reinstall .  # The code as it is now.
 	cd "$$($(VENV)/bin/python -c 'import tests; print(tests.IMPORT_PATH)')" \
-		&& PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(CURDIR)/$(VENV)/bin/python -m tests.benchmarks.overhead $(BENCHMARK_ARGS)
+		&& PATH=$(CURDIR)/$(VENV)/bin:$$PATH PYTHONUNBUFFERED=1 $(CURDIR)/$(VENV)/bin/python -m tests.benchmarks.overhead $(BENCHMARK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tox build dist *.egg-info testproject/db.sqlite3

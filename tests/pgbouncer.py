@@ -59,14 +59,17 @@ def client_ports(port: int) -> set[int]:
     """Local ports of the clients PgBouncer holds (from its admin console)."""
     server = dbconfig.server("postgresql")
     output = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", server["USER"], "-At", "-F", "|",
+        ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", server["USER"], "-A", "-F", "|",
          "-c", "SHOW CLIENTS", "pgbouncer"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout
+    # By the header's names: PgBouncer 1.26 put a column before "port".
+    header, *rows = output.splitlines()
+    columns = header.split("|")
+    database, client_port = columns.index("database"), columns.index("port")
     ports = set()
-    for line in output.splitlines():
+    for line in rows:
         fields = line.split("|")
-        # type|user|database|state|addr|port|local_addr|local_port|...
-        if len(fields) > 5 and fields[2] != "pgbouncer":
-            ports.add(int(fields[5]))
+        if len(fields) == len(columns) and fields[database] != "pgbouncer":
+            ports.add(int(fields[client_port]))
     return ports

@@ -42,7 +42,7 @@ PACKAGES=(
     mariadb-server mariadb-client libmariadb-dev
     "postgresql-$PG_MAJOR" "postgresql-$PG_MAJOR-postgis-3" postgresql-client pgbouncer gdal-bin
     memcached libmemcached-dev zlib1g-dev redis-server redis-tools
-    openssl strace tcpdump valgrind procps util-linux libcrypt-dev
+    openssl strace tcpdump valgrind procps util-linux libcrypt-dev libsqlite3-mod-spatialite sqlite3
 )
 # The chroot's layout: changing it rebuilds the chroot; a changed PACKAGES
 # list is installed into it.
@@ -82,12 +82,16 @@ check_machine() {
 in_root() {  # COMMAND... run inside the chroot, /proc, /dev and /sys bound.
     unshare --mount --propagation private -- bash -euc '
         root=$1; shift
+        # The root a mount point, as a real one is (unshare --mount inside
+        # needs it: tests/test_child_state.py).
+        mount --bind "$root" "$root"
         mount -t proc proc "$root/proc"
         mount --rbind /dev "$root/dev"
         mount --rbind /sys "$root/sys"
         mount -t tmpfs tmpfs "$root/tmp"
         mount -t tmpfs tmpfs "$root/run"
         cp /etc/resolv.conf "$root/etc/resolv.conf"
+        cp /etc/hosts "$root/etc/hosts"  # The name of this machine, which the tests resolve.
         exec chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
             HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "$@"
     ' in_root "$ROOT" "$@"
@@ -99,6 +103,29 @@ copy_certificates() {
         mkdir -p "$ROOT/etc/forksafe"
         cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/forksafe/ca-certificates.crt"
     fi
+}
+
+# The servers' settings, written at every run (cheap; a change needs no
+# rebuild).
+configure() {
+    # PostgreSQL: the cluster the package made, on our port, trusting
+    # loopback, without TLS as on the host (the TLS tests start their own).
+    [ "$(in_root pg_conftool -s "$PG_MAJOR" main show port)" = "$PG_PORT" ] \
+        || in_root pg_conftool -s "$PG_MAJOR" main set port "$PG_PORT"
+    printf "listen_addresses = '127.0.0.1'\nssl = off\n" >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
+    printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
+        >"$ROOT/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
+    # MariaDB on our port; root with an empty password over TCP, without TLS
+    # (11.4 and later turn it on by default), as on the host.
+    cat >"$ROOT/etc/mysql/mariadb.conf.d/99-forksafe.cnf" <<CNF
+[mysqld]
+port = $MYSQL_PORT
+bind-address = 127.0.0.1
+skip-log-bin
+skip-ssl
+[client]
+port = $MYSQL_PORT
+CNF
 }
 
 install_packages() {
@@ -156,20 +183,7 @@ build_locked() {
     echo 'Acquire::Check-Valid-Until "false";' >"$ROOT/etc/apt/apt.conf.d/99forksafe"
     copy_certificates
     install_packages
-    # PostgreSQL: the cluster the package made, on our port, trusting loopback.
-    in_root pg_conftool -s "$PG_MAJOR" main set port "$PG_PORT"
-    echo "listen_addresses = '127.0.0.1'" >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
-    printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
-        >"$ROOT/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
-    # MariaDB on our port; root with an empty password over TCP, as on the host.
-    cat >"$ROOT/etc/mysql/mariadb.conf.d/99-forksafe.cnf" <<EOF
-[mysqld]
-port = $MYSQL_PORT
-bind-address = 127.0.0.1
-skip-log-bin
-[client]
-port = $MYSQL_PORT
-EOF
+    configure
     in_root bash -c "$PYTHON -m venv $TOX_VENV && $TOX_VENV/bin/pip install -q --cert /etc/forksafe/ca-certificates.crt tox"
     echo "$STAMP" >"$ROOT/$STAMP_FILE"
     ROOT=$final
@@ -235,17 +249,21 @@ true
 
 # The source tree, copied (not bound: the host's tox builds in it at the same
 # time) without what the host made in it.
+# One copy per run, removed after it: runs at once (the tests, the
+# benchmark) keep their own working directories.
 copy_source() {
     local here
     here="$(cd "$(dirname "$0")/../.." && pwd)"
-    rm -rf "$ROOT$SRC"
     mkdir -p "$ROOT$SRC"
+    source_copy="$(mktemp -d "$ROOT$SRC/run-XXXXXX")"
+    chmod 755 "$source_copy"
     tar -C "$here" --exclude=./.git --exclude=./.tox --exclude=./.venv --exclude=./build --exclude=./dist \
-        --exclude='*.egg-info' --exclude='__pycache__' --exclude='*.so' -cf - . | tar -C "$ROOT$SRC" -xf -
+        --exclude='*.egg-info' --exclude='__pycache__' --exclude='*.so' -cf - . | tar -C "$source_copy" -xf -
 }
 
 run() {  # COMMAND...: inside the chroot, in the source tree, servers up.
     build
+    configure
     copy_source
     copy_certificates
     # The servers are started here and stopped at the end (/run and /tmp are
@@ -262,14 +280,15 @@ run() {  # COMMAND...: inside the chroot, in the source tree, servers up.
         PIP_CERT=/etc/forksafe/ca-certificates.crt SSL_CERT_FILE=/etc/forksafe/ca-certificates.crt
         PIP_DISABLE_PIP_VERSION_CHECK=1
     )
-    local status=0
+    local status=0 inside=${source_copy#"$ROOT"}
     in_root env "${settings[@]}" "${forward[@]}" bash -c "
         started=''
         trap '$stop_servers' EXIT
         $start_servers
-        cd $SRC
+        cd $inside
         \"\$@\"
     " run "$@" || status=$?
+    rm -rf "$source_copy"
     return $status
 }
 
@@ -289,7 +308,7 @@ benchmark)  # [ARGS...]: tests.benchmarks.overhead inside, on CPython 3.14.
         $venv/bin/pip install -q "Django>=6.1" "psycopg[binary]" mysqlclient gunicorn pytest pylibmc pymemcache
         $venv/bin/pip install -q --no-deps --force-reinstall .
         cd "$($venv/bin/python -c "import tests; print(tests.IMPORT_PATH)")"
-        PATH=$venv/bin:$PATH $venv/bin/python -m tests.benchmarks.overhead "$@"
+        PATH=$venv/bin:$PATH PYTHONUNBUFFERED=1 $venv/bin/python -m tests.benchmarks.overhead "$@"
     ' benchmark "$@"
     ;;
 tox)
