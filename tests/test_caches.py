@@ -336,6 +336,15 @@ def test_runtime_client_state_kept_in_child(library: str, native: str, memcached
     assert child["ports"] and not set(child["ports"]) & set(result["parent_ports"]), result
 
 
+@MECHANISMS
+def test_dead_server_held_for_dead_in_child(native: str, memcached_pair: list[int]) -> None:
+    # A fresh HashClient would try the down server again, and lose the first
+    # key that hashes to it.
+    result = run("dead_server_state", "pymemcache", where="pair_and_down", native=native)
+    assert result["parent_dead"] and result["parent_found"] == result["keys"], result
+    assert result["child"]["found"] == result["keys"], result
+
+
 # Redis: Django's own backend is the anchor --------------------------------------
 
 
