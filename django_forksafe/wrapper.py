@@ -281,6 +281,17 @@ def _first_not_ours(classes: tuple[type, ...], name: str) -> Any:
     return None
 
 
+def _ours_before(cls: type, name: str, target: Any) -> bool:
+    """Whether one of ours comes before `target` after cls in its MRO."""
+    for klass in cls.__mro__[1:]:
+        attribute = vars(klass).get(name)
+        if attribute is target:
+            return False
+        if attribute is not None and _ours(attribute):
+            return True
+    return False
+
+
 def _installed(function: Callable[..., Any], name: str, target: Any, own: bool = False) -> Callable[..., Any]:
     """`function`, the checked `name` around `target`: a class's own
     definition it replaces (`own`), or what a class after it defines."""
@@ -332,12 +343,23 @@ def _check_ensure_connection(cls: type[Any]) -> None:
         setattr(cls, "ensure_connection", _installed(ensure_connection, "ensure_connection", target))  # noqa: B010
         return
 
-    # Around a backend's own (or the class's own), called whether connected
-    # or not: directly, past any checked one installed on a base class.
-    def checked_ensure_connection(self: Any) -> None:
-        if not PROCESS_MARK[0]:
-            registry.invalidate_if_forked()
-        target(self)
+    # Around a backend's own, called whether connected or not: through
+    # super() when it runs, as before (a patch of it applies), unless a
+    # checked one installed on a base class comes first; the class's own
+    # (which this replaces) directly.
+    if own is None and not _ours_before(cls, "ensure_connection", target):
+
+        def checked_ensure_connection(self: Any) -> None:
+            if not PROCESS_MARK[0]:
+                registry.invalidate_if_forked()
+            super(cls, self).ensure_connection()
+
+    else:
+
+        def checked_ensure_connection(self: Any) -> None:
+            if not PROCESS_MARK[0]:
+                registry.invalidate_if_forked()
+            target(self)
 
     checked = _installed(checked_ensure_connection, "ensure_connection", target, own=own is not None)
     setattr(cls, "ensure_connection", checked)  # noqa: B010

@@ -127,6 +127,22 @@ def test_a_backends_own_ensure_connection_is_called_on_every_cursor(
             wrapper.close()
 
 
+@pytest.mark.parametrize("form", ["forksafe", "direct", "through_project_mixin"])
+def test_a_patch_of_a_backends_own_ensure_connection_applies(form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As under Django's plain ENGINE: the checked one looks the backend's
+    up when it runs."""
+    backend: Any = type("Own", (OwnEnsure,), {"calls": []})
+    wrapper = compositions(backend)[form]()({**SETTINGS}, "composition")
+    patched: list[Any] = []
+
+    def ensure_connection(self: Any) -> None:  # A function: bound as a method is.
+        patched.append(self)
+
+    monkeypatch.setattr(backend, "ensure_connection", ensure_connection)
+    wrapper.ensure_connection()
+    assert patched == [wrapper]
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_every_composition_checks_what_forksafe_checks_on_sqlite(form: str) -> None:
     wrapper_class = compositions(sqlite_base.DatabaseWrapper)[form]()
@@ -170,3 +186,32 @@ def test_a_project_mixin_alone_is_left_for_the_wrappers_made_from_it() -> None:
 def test_the_backend_before_the_mixin_is_refused_naming_the_supported_forms(bases: tuple[type, ...]) -> None:
     with pytest.raises(TypeError, match=r"the mixin must come first.*forksafe\(Backend\).*class W\(ProjectMixin"):
         type("W", bases, {})
+
+
+@pytest.mark.parametrize("registered", ["before", "after"])
+def test_an_adapter_registered_is_used_for_a_wrapper_built_on_its_library(registered: str) -> None:
+    """pools.register_adapter(): for a library whose class is in a fork-safe
+    wrapper's MRO, registered before the wrapper class is made or after."""
+    library = f"forksafe_test_library_{registered}"
+    built_on_library = type("DatabaseWrapper", (sqlite_base.DatabaseWrapper,), {"__module__": f"{library}.base"})
+
+    def forget() -> None:
+        pass
+
+    try:
+        if registered == "before":
+            pools.register_adapter(library, forget)
+        wrapper_class = forksafe(built_on_library)
+        if registered == "after":
+            pools.register_adapter(library, forget)
+        assert pools._adapters[library] is forget
+        assert wrapper_class  # Kept alive until here: the adapters look at live classes.
+    finally:
+        pools._adapters.pop(library, None)
+        pools._known_adapters.pop(library, None)
+
+
+@pytest.mark.parametrize("library", ["", "dj_db_conn_pool.core"])
+def test_an_adapter_takes_a_top_level_module_name(library: str) -> None:
+    with pytest.raises(ValueError, match="top-level module name of a pool library"):
+        pools.register_adapter(library, lambda: None)
