@@ -43,10 +43,11 @@ for _name, _variants in [("PyLibMCCache", BACKENDS["pylibmc"]), ("PyMemcacheCach
     _variants["own"] = f"tests.caches.backends.ForkSafeOwn{_name}"
 MEMCACHED_LIBRARIES = ("pylibmc", "pymemcache")
 # Bounded, so that a control that loses replies fails instead of hanging.
-TIMEOUT_OPTIONS = {"pylibmc": {"behaviors": {"connect_timeout": 2000, "receive_timeout": 2_000_000,
-                                             "send_timeout": 2_000_000}},
-                   "pymemcache": {"connect_timeout": 2, "timeout": 2},
-                   "redis": {}}
+TIMEOUT_OPTIONS: dict[str, dict[str, Any]] = {
+    "pylibmc": {"behaviors": {"connect_timeout": 2000, "receive_timeout": 2_000_000, "send_timeout": 2_000_000}},
+    "pymemcache": {"connect_timeout": 2, "timeout": 2},
+    "redis": {},
+}
 
 
 # A host name for 127.0.0.1 that is neither an IP address literal nor
@@ -58,6 +59,12 @@ HOST_NAME = "127.1"
 PAIR_ENV = "FORKSAFE_MEMCACHED_PAIR"
 
 
+# A server nothing listens on (tcpmux), which pymemcache's HashClient holds
+# for dead at its first failure with DOWN_OPTIONS.
+DOWN = "127.0.0.1:1"
+DOWN_OPTIONS: dict[str, Any] = {"ignore_exc": True, "retry_attempts": 0}
+
+
 def pair_ports() -> list[int]:
     return [int(port) for port in os.environ[PAIR_ENV].split(",")]
 
@@ -65,7 +72,7 @@ def pair_ports() -> list[int]:
 def memcached_address(where: str = "tcp") -> tuple[str, int] | str:
     if where == "unix":
         return MEMCACHED_SOCKET
-    if where == "pair":
+    if where in ("pair", "pair_and_down"):
         return "127.0.0.1", pair_ports()[0]
     host, _, port = MEMCACHED.rpartition(":")
     return host, int(port)
@@ -84,12 +91,14 @@ def location(library: str, where: str = "tcp") -> Any:
     if where == "pair":
         servers = [f"127.0.0.1:{port}" for port in pair_ports()]
         return servers if library == "pylibmc" else servers[0]
+    if where == "pair_and_down":
+        return [f"127.0.0.1:{pair_ports()[0]}", DOWN]
     return MEMCACHED
 
 
 def cache_entry(library: str, variant: str, where: str = "tcp", **extra: Any) -> dict[str, Any]:
-    entry = {"BACKEND": BACKENDS[library][variant], "LOCATION": location(library, where),
-             "OPTIONS": TIMEOUT_OPTIONS[library]}
+    options = {**TIMEOUT_OPTIONS[library], **(DOWN_OPTIONS if where == "pair_and_down" else {})}
+    entry = {"BACKEND": BACKENDS[library][variant], "LOCATION": location(library, where), "OPTIONS": options}
     return {**entry, **extra}
 
 

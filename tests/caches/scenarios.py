@@ -302,6 +302,21 @@ def runtime_state(library: str, where: str) -> Observations:
             "parent_servers": sorted(client.clients) if library == "pymemcache" else None}
 
 
+def dead_server_state(library: str, where: str) -> Observations:
+    """pymemcache, LOCATION a server of the pair and one that is down: the
+    parent's HashClient holds the down one for dead at its first failure,
+    and every key goes to the other from then on. The child must read the
+    KEYS keys the parent set, each from where the parent stored it."""
+    keys = [f"{PREFIX}:dead:{i}" for i in range(40)]
+    for _ in range(2):  # The first round finds the dead server (a key is lost).
+        for key in keys:
+            cache().set(key, key)
+    parent_found = sum(cache().get(key) == key for key in keys)
+    child = run_child(lambda: {"found": sum(cache().get(key) == key for key in keys)})
+    return {"keys": len(keys), "parent_found": parent_found, "child": child,
+            "parent_dead": sorted(map(str, cache()._cache._dead_clients))}
+
+
 def server_has(port: int, key: str) -> bool:
     """Whether the memcached on 127.0.0.1:`port` holds `key` (asked directly)."""
     return ask(("127.0.0.1", port), f"get {key}")[0].startswith(b"VALUE ")
@@ -332,4 +347,5 @@ SCENARIOS: dict[str, Callable[[str, str], Observations]] = {
         library, where, libc_fork, cache_first=True
     ),
     "runtime_state": runtime_state,
+    "dead_server_state": dead_server_state,
 }
