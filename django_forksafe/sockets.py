@@ -5,12 +5,13 @@ Django's own connections are silenced one by one (see registry). A child
 also inherits sockets that Django never saw: a third-party pool's idle
 connections, a driver without ``fileno()`` (PyMySQL, mysql-connector), a raw
 driver connection opened outside Django. In a child, every socket whose peer
-is a database endpoint of this process gets, in place of its descriptor, one
-end of a socket pair whose other end is closed: reads see end-of-file and
-writes fail, so every driver and pool sees an ordinary "server closed the
-connection" and discards it, and nothing reaches the server. The socket
-itself is released in the child, so the server notices promptly when the
-parent goes.
+is a database endpoint of this process gets, in place of its descriptor, a
+dead end: a Unix stream socket never connected. A write there fails with
+ENOTCONN and raises no SIGPIPE (a closed socket pair's EPIPE would kill a
+process that set SIGPIPE to SIG_DFL); a read fails and poll() says POLLHUP
+at once. Every driver and pool sees an ordinary lost connection and discards
+it, and nothing reaches the server. The socket itself is released in the
+child, so the server notices promptly when the parent goes.
 
 With the C extension (detection.NATIVE) this happens inside fork() itself,
 before any code of the child runs; without it, the at-fork handler (or, for
@@ -338,8 +339,7 @@ def _silence_database_sockets() -> int:
                 if endpoint is None or not _is_database(endpoint):
                     continue
                 if dead_end is None:
-                    dead_end, closed = socket.socketpair()
-                    closed.close()
+                    dead_end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 put_over(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
                 silenced += 1
             except OSError as error:
