@@ -269,7 +269,9 @@ def test_fork_handler_retries_interrupted_calls(call: str, tmp_path: Any) -> Non
     if shutil.which("strace") is None:
         skip_or_fail("needs strace (to make the kernel interrupt a system call)")
     trace = tmp_path / "trace"
-    strace = ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=openat", "-e", f"inject={call}:error=EINTR:when=1"]
+    # Traced, or strace injects nothing.
+    injection = ["-e", f"trace=openat,{call}", "-e", f"inject={call}:error=EINTR:when=1"]
+    strace = ["strace", "-f", "-qq", "-o", str(trace), *injection]
     process = subprocess.run(
         [*strace, sys.executable, "-c", INTERRUPTED_CHILD],
         capture_output=True,
@@ -282,4 +284,5 @@ def test_fork_handler_retries_interrupted_calls(call: str, tmp_path: Any) -> Non
     child, last_fork, peer = ast.literal_eval(process.stdout)
     assert (last_fork, peer) == ((1, True), os.strerror(errno.ENOTCONN))
     child_calls = [line for line in trace.read_text().splitlines() if line.startswith(f"{child} ")]
+    assert [line for line in child_calls if "(INJECTED)" in line]  # The premise.
     assert not [line for line in child_calls if "/proc/self/status" in line]
