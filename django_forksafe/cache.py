@@ -16,7 +16,7 @@ detection); in a child, registry's invalidation (the at-fork handler, or
 this first use after a fork behind Python's back) drops every inherited
 client without a byte to the server, and the child lazily builds its own.
 
-The inherited sockets are silenced like the database ones (see sockets): the
+The inherited sockets are silenced like the database ones (see silencing): the
 endpoints ``LOCATION`` names are recorded when the cache object is made,
 without DNS for IP addresses, ``localhost`` and Unix sockets; a host name's
 is the connected peer (pymemcache) or resolved once (pylibmc, whose sockets
@@ -35,8 +35,9 @@ from typing import Any, TypeVar
 from django.core.cache.backends import memcached
 from django.utils.functional import cached_property
 
-from django_forksafe import registry, sockets
+from django_forksafe import endpoints, registry, silencing
 from django_forksafe.detection import PROCESS_MARK
+from django_forksafe.subclassing import defined_after, fork_safe_subclass
 
 CacheClass = TypeVar("CacheClass", bound=type[memcached.BaseMemcachedCache])
 
@@ -123,23 +124,16 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         store it through the instance's __dict__, which is then no longer
         kept inline: every attribute and method lookup of Django's on the
         object gets slower (3 % more instructions per get, on CPython 3.11)."""
-        django_cache = _attribute_after(type(self), ForkSafeMemcachedMixin, "_cache")
+        django_cache = defined_after(type(self), ForkSafeMemcachedMixin, "_cache")
         if isinstance(django_cache, cached_property):
             return django_cache.func(self)
         return super()._cache  # type: ignore[misc]  # Not in django-stubs.
 
     def _forksafe_track(self, client: Any) -> None:
-        key = id(client)
-
-        def forget(_ref: weakref.ref[ForkSafeMemcachedMixin]) -> None:
-            # The cache object went (a thread's, at its end) in the process
-            # that built the client: Django would let the client go with it.
-            # In a child, leave it to the invalidation, which keeps it.
-            entry = _open_clients.get(key)
-            if entry is not None and PROCESS_MARK[0] and entry.pid == os.getpid():
-                del _open_clients[key]
-
-        _open_clients[key] = _OpenClient(client, os.getpid(), weakref.ref(self, forget))
+        # The cache object may go (a thread's, at its end): Django would let
+        # the client go with it.
+        forget = registry.forget_when_collected(_open_clients, id(client))
+        _open_clients[id(client)] = _OpenClient(client, os.getpid(), weakref.ref(self, forget))
         if self._forksafe_unrecorded:
             self._forksafe_pending = client
             self._forksafe_remember_peers(client)
@@ -160,7 +154,7 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         """Record the servers' endpoints that need no DNS; return the others."""
         unrecorded = set()
         for host, port in self._forksafe_servers():
-            if not sockets.remember_server(host, port, resolve=not self._forksafe_sockets_visible()):
+            if not endpoints.remember_server(host, port, resolve=not self._forksafe_sockets_visible()):
                 unrecorded.add((host, port))
         return unrecorded
 
@@ -173,7 +167,7 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         server named by host name has one, the fast path takes over."""
         for (host, port), sock in self._forksafe_sockets(client):
             if sock is not None and (host, port) in self._forksafe_unrecorded:
-                sockets.remember_peer(sock)
+                endpoints.remember_peer(sock)
                 self._forksafe_unrecorded.discard((host, port))
         if not self._forksafe_unrecorded and getattr(self, "_forksafe_pending", None) is client:
             del self._forksafe_pending
@@ -222,15 +216,6 @@ class ForkSafePyMemcacheMixin(ForkSafeMemcachedMixin):
         return found
 
 
-def _attribute_after(klass: type, mixin: type, name: str) -> Any:
-    """`name` as the class after `mixin` in klass's MRO defines it (not bound)."""
-    mro = klass.__mro__
-    for base in mro[mro.index(mixin) + 1 :]:
-        if name in vars(base):
-            return vars(base)[name]
-    raise AttributeError(name)
-
-
 def forget_inherited_clients(pid: int) -> None:
     """In a child (registry's invalidation): drop every client another
     process built, without a byte to the server; keep it alive for good."""
@@ -238,7 +223,7 @@ def forget_inherited_clients(pid: int) -> None:
         entry = _open_clients.pop(key, None)
         if entry is None:
             continue  # Taken meanwhile (by a signal handler).
-        registry.keep_forever(entry.client)  # Before the cache object lets go of it.
+        silencing.keep_forever(entry.client)  # Before the cache object lets go of it.
         cache = entry.cache_ref()
         if cache is not None:
             cache._forksafe_forget_client(entry.client)
@@ -269,12 +254,7 @@ def forksafe_cache(cache_class: CacheClass) -> CacheClass:
         mixin = ForkSafePyMemcacheMixin
     else:
         raise TypeError(f"{cache_class!r} is built on neither pylibmc nor pymemcache.")
-    namespace = {
-        "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
-        "__qualname__": cache_class.__qualname__,
-        "__doc__": f"Fork-safe {cache_class.__module__}.{cache_class.__qualname__}.",
-    }
-    return type(cache_class.__name__, (mixin, cache_class), namespace)  # type: ignore[return-value]
+    return fork_safe_subclass(cache_class, mixin, sys._getframe(1).f_globals.get("__name__", __name__))
 
 
 PyLibMCCache = forksafe_cache(memcached.PyLibMCCache)

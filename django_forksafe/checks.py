@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Info, Warning
 from django.db import connections
+
+if TYPE_CHECKING:
+    from django.core.cache.backends.memcached import BaseMemcachedCache
 
 
 def check_engines(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -49,35 +52,39 @@ def check_database_engines() -> list[CheckMessage]:
     return warnings
 
 
-def check_cache_backends() -> list[CheckMessage]:
-    """A memcached BACKEND (pylibmc, pymemcache) whose client a child would share."""
+def memcached_caches() -> dict[str, tuple[str, type[BaseMemcachedCache]]]:
+    """The caches whose BACKEND is a memcached one (fork-safe or not): its
+    name and class, by alias."""
     from django.core.cache.backends.memcached import BaseMemcachedCache
     from django.utils.module_loading import import_string
 
-    from django_forksafe.cache import ForkSafeMemcachedMixin, suggest_backend
-
-    warnings: list[CheckMessage] = []
+    found = {}
     for alias, entry in getattr(settings, "CACHES", {}).items():
         backend = str(entry.get("BACKEND", ""))
         try:
             backend_class = import_string(backend)
         except ImportError:  # Django reports a BACKEND it cannot load.
             continue
-        if (
-            isinstance(backend_class, type)
-            and issubclass(backend_class, BaseMemcachedCache)
-            and not issubclass(backend_class, ForkSafeMemcachedMixin)
-        ):
-            warnings.append(
-                Warning(
-                    f"Cache {alias!r} uses BACKEND {backend!r}, which is not fork-safe: forked "
-                    "processes share its connections and read each other's values.",
-                    hint=f"Use BACKEND = {suggest_backend(backend)!r}.",
-                    obj=alias,
-                    id="django_forksafe.W004",
-                )
-            )
-    return warnings
+        if isinstance(backend_class, type) and issubclass(backend_class, BaseMemcachedCache):
+            found[alias] = (backend, backend_class)
+    return found
+
+
+def check_cache_backends() -> list[CheckMessage]:
+    """A memcached BACKEND (pylibmc, pymemcache) whose client a child would share."""
+    from django_forksafe.cache import ForkSafeMemcachedMixin, suggest_backend
+
+    return [
+        Warning(
+            f"Cache {alias!r} uses BACKEND {backend!r}, which is not fork-safe: forked "
+            "processes share its connections and read each other's values.",
+            hint=f"Use BACKEND = {suggest_backend(backend)!r}.",
+            obj=alias,
+            id="django_forksafe.W004",
+        )
+        for alias, (backend, backend_class) in memcached_caches().items()
+        if not issubclass(backend_class, ForkSafeMemcachedMixin)
+    ]
 
 
 def check_uwsgi(app_configs: Any = None, **kwargs: Any) -> list[Warning]:

@@ -3,7 +3,8 @@ The fork hazards, tried for real on one database alias: a process with an
 open connection forks, the child does what children do, and the parent looks
 at its own session afterwards.
 
-One library for ``manage.py forksafe_check`` (through probe, which turns the
+The cache hazards (a memcached alias) follow the database ones. One library
+for ``manage.py forksafe_check`` (through probe, which turns the
 observations into a verdict) and for the test suite (which asserts on the
 same observations, and checks the server side as well). Each hazard returns
 observations, a JSON-able dict:
@@ -33,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -380,3 +382,89 @@ def verdict(observations: Observations) -> dict[str, Any]:
     if observations.get("parent_row_committed"):
         return {"safe": False, "detail": "child committed the parent's transaction"}
     return {"safe": True, "detail": "parent kept its session"}
+
+
+# Caches ------------------------------------------------------------------------
+# The same, for a memcached cache alias: the parent (which warmed the cache)
+# and its children set and get, and every process must read its own values.
+
+CACHE_ROUNDS = 300
+CACHE_CHILDREN = 3
+
+
+def _cache_rounds(alias: str, prefix: str, rounds: int) -> Observations:
+    """`rounds` times set(key, key) then get(key), every reply checked."""
+    from django.core.cache import caches
+
+    wrong = errors = 0
+    first_error = None
+    for i in range(rounds):
+        key = f"{prefix}:{os.getpid()}:{i}"
+        try:
+            caches[alias].set(key, key, 60)
+            wrong += caches[alias].get(key) != key
+        except Exception as exc:
+            errors += 1
+            first_error = first_error or f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return {"wrong": wrong, "errors": errors, "first_error": first_error}
+
+
+def _parent_kept_connection(alias: str, prefix: str) -> Observations:
+    from django.core.cache import caches
+
+    try:
+        caches[alias].set(f"{prefix}:after", "after", 60)
+        if caches[alias].get(f"{prefix}:after") != "after" or caches[alias].get(f"{prefix}:warm-up") != "warm":
+            return {"parent_error": "the parent read a wrong value"}
+    except Exception as exc:
+        return {"parent_error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    return {"parent_error": None}
+
+
+def warm_up_cache(alias: str, prefix: str) -> None:
+    from django.core.cache import caches
+
+    caches[alias].set(f"{prefix}:warm-up", "warm", 60)
+    if caches[alias].get(f"{prefix}:warm-up") != "warm":
+        raise RuntimeError("the cache did not return the value just set")
+
+
+def cache_concurrent_use(alias: str) -> Observations:
+    """The parent (which warmed the cache) and its children set and get at once."""
+    prefix = f"forksafe-check-{uuid.uuid4().hex}"
+    warm_up_cache(alias, prefix)
+    go_read, go_write = os.pipe()
+    forked = [fork_child(lambda: _cache_rounds(alias, prefix, CACHE_ROUNDS), go=go_read) for _ in range(CACHE_CHILDREN)]
+    os.write(go_write, b"g" * CACHE_CHILDREN)
+    mine = _cache_rounds(alias, prefix, CACHE_ROUNDS)
+    children = [child_report(*child) for child in forked]
+    return {"parent": mine, "children": children, **_parent_kept_connection(alias, prefix)}
+
+
+def cache_child_exits(alias: str) -> Observations:
+    """A child uses the cache, then ends by interpreter finalisation."""
+    prefix = f"forksafe-check-{uuid.uuid4().hex}"
+    warm_up_cache(alias, prefix)
+    pid = os.fork()
+    if pid == 0:
+        _cache_rounds(alias, prefix, 10)
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    return {"parent": {"wrong": 0, "errors": 0}, "children": [], **_parent_kept_connection(alias, prefix)}
+
+
+CACHE_HAZARDS = {"concurrent use": cache_concurrent_use, "child exits": cache_child_exits}
+
+
+def cache_verdict(observations: Observations) -> dict[str, Any]:
+    for who, seen in [("parent", observations["parent"]), *(("child", c) for c in observations["children"])]:
+        if seen.get("child_error"):
+            return {"safe": False, "detail": f"child failed: {seen['child_error']}".splitlines()[0]}
+        if seen["wrong"] or seen["errors"]:
+            detail = f"{who}: {seen['wrong']} wrong values, {seen['errors']} errors"
+            if seen.get("first_error"):
+                detail += f" ({seen['first_error']})"
+            return {"safe": False, "detail": detail}
+    if observations["parent_error"]:
+        return {"safe": False, "detail": f"parent lost its connection: {observations['parent_error']}"}
+    return {"safe": True, "detail": "every value right, parent kept its connection"}

@@ -1,16 +1,13 @@
 """
-The process-wide record of open raw connections, and their silent invalidation
-in a child process.
-
-Invalidation never sends a byte to the server: a socket shared with the parent
-is pointed at /dev/null before the driver frees the connection, and a handle
-without a socket (SQLite's files) is never touched again.
+The process-wide record of open raw connections, and the invalidation of
+inherited ones in a child: it resets their wrappers, has silencing silence
+them, calls the hooks that drop inherited pools and cache clients, and sends
+post_fork. Nothing of it sends a byte to the server.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import threading
@@ -18,11 +15,12 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from django_forksafe import sockets, sqlite
+from django_forksafe import silencing
 from django_forksafe.detection import NATIVE, PROCESS_MARK
 from django_forksafe.signals import post_fork
+from django_forksafe.silencing import keep_forever  # Also imported from here (documented so before).
 
 if TYPE_CHECKING:
     from django_forksafe.wrapper import ForkSafeMixin
@@ -80,31 +78,33 @@ def track(wrapper: ForkSafeMixin, raw: Any) -> None:
     """Record a raw connection that `wrapper` has just opened (no system call)."""
     if not PROCESS_MARK[0]:  # Reached without a checkout (a backend of its own).
         invalidate_if_forked()
-    key = id(raw)
-    pid = _known_pid
-
-    def forget(_ref: weakref.ref[ForkSafeMixin]) -> None:
-        # The wrapper was collected without close(). In the opening process,
-        # let the driver close the connection as plain Django would; in a
-        # child, leave it for invalidate_inherited() to silence first.
-        entry = _open_connections.get(key)
-        if entry is not None and entry.pid == _known_pid and PROCESS_MARK[0]:
-            del _open_connections[key]
-
+    forget = forget_when_collected(_open_connections, id(raw))
     database = str(wrapper.settings_dict.get("NAME") or "") if wrapper.vendor == "sqlite" else None
     if database is not None and NATIVE is not None:
         NATIVE.want_python_at_fork()
-    _open_connections[key] = _OpenConnection(raw, pid, weakref.ref(wrapper, forget), database)
+    _open_connections[id(raw)] = _OpenConnection(raw, _known_pid, weakref.ref(wrapper, forget), database)
 
 
-def keep_forever(obj: Any) -> None:
-    """Never free `obj`, so that no deallocator of it runs in this process."""
-    if NATIVE is not None:
-        NATIVE.keep_forever(obj)  # ctypes' first call costs a child 50 page faults.
-        return
-    import ctypes
+class _Entry(Protocol):
+    @property
+    def pid(self) -> int: ...
 
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+EntryType = TypeVar("EntryType", bound=_Entry)
+
+
+def forget_when_collected(record: dict[int, EntryType], key: int) -> Callable[[weakref.ref[Any]], None]:
+    """A weakref callback for the object holding `record[key]`: when it is
+    collected without closing what it held, in the process that opened it,
+    forget the entry, so that the driver closes it as plain Django would. In a
+    child, the entry is left for invalidation to silence first."""
+
+    def forget(_ref: weakref.ref[Any]) -> None:
+        entry = record.get(key)
+        if entry is not None and entry.pid == _known_pid and PROCESS_MARK[0]:
+            del record[key]
+
+    return forget
 
 
 def known_pid() -> int:
@@ -156,7 +156,7 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
         # After the pools' hook: the idle connections it silences still hold
         # their own sockets, which it can then close.
         with logged("could not silence the inherited sockets to the database servers"):
-            sockets.silence_inherited()  # Those no one told us of: raw connections, other pools.
+            silencing.silence_inherited()  # Those no one told us of: raw connections, other pools.
         # Only once it has run: a signal handler's exception in it (SystemExit,
         # KeyboardInterrupt) leaves it to the next invalidation, at exit at the latest.
         _scanned_pid = pid
@@ -185,7 +185,7 @@ def _forget_connections(pid: int) -> list[str]:
         return aliases
     unsilenced: Any = None
     try:
-        with silencing() as silence:
+        with silencing.one_by_one() as silence:
             for entry in inherited:
                 # Kept for ever below if an exception interrupts before it is silenced.
                 unsilenced = raw = entry.raw
@@ -212,36 +212,6 @@ def _forget_connections(pid: int) -> list[str]:
     return aliases
 
 
-class silencing:  # Lower case: used as a function, as contextlib.suppress is.
-    """``with silencing() as silence``: silence(raw, database=None) for
-    inherited raw connections, with /dev/null open meanwhile (once, for them
-    all) unless fork() itself silenced their sockets. A class rather than a
-    generator, as logged is: both run in every child's first use."""
-
-    __slots__ = ("_devnull", "_inside_fork")
-
-    def __enter__(self) -> Callable[..., None]:
-        self._inside_fork = sockets.silenced_inside_fork()
-        self._devnull = -1 if self._inside_fork else _devnull()
-        return self._silence_one
-
-    def _silence_one(self, raw: Any, database: str | None = None) -> None:
-        _silence(raw, self._devnull, database, self._inside_fork)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._devnull >= 0:
-            os.close(self._devnull)
-
-
-def _devnull() -> int:
-    try:
-        with sockets.headroom():
-            return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:  # Out of descriptors all the same: the connections are kept, unused, instead.
-        logger.exception("django-forksafe could not open %s", os.devnull)
-        return -1
-
-
 class logged:  # Lower case: used as a function, as contextlib.suppress is.
     """``with logged(failure)``: an exception is logged, and the work goes on:
     one failure must not leave the other inherited connections live."""
@@ -261,53 +231,6 @@ class logged:  # Lower case: used as a function, as contextlib.suppress is.
             return False
         logger.error("django-forksafe %s", self._failure, exc_info=(kind, error, traceback))
         return True
-
-
-def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: bool = False) -> None:
-    if database is None and inside_fork:
-        # fork() itself put a dead end over every inherited database socket.
-        # By now (the child's first use) the descriptor may have been closed
-        # and its number reused (Celery's workers close what they inherited):
-        # never touch it, nor let the driver close it.
-        keep_forever(raw)
-        return
-    try:
-        fd = raw.fileno()
-    except Exception:  # No such method (SQLite), or a broken connection.
-        fd = -1
-    if devnull < 0 or not isinstance(fd, int) or fd < 0:
-        # Nothing to redirect (or nothing to redirect to): the driver must
-        # never touch this handle again, not even from its deallocator at
-        # interpreter exit. SQLite's rule for handles opened before fork() is
-        # exactly that.
-        keep_forever(raw)
-        if sqlite.is_sqlite(raw):
-            sqlite.retire_inherited(raw, database)
-        return
-    if not sockets.still_holds(fd, raw):
-        # The child closed the inherited descriptor, and the number may hold
-        # something of its own by now (Celery's workers close what they
-        # inherited): never touch it, nor let the driver close it.
-        keep_forever(raw)
-        return
-    # psycopg_pool's close_returns=True: close() would give the connection
-    # back to the inherited pool (whose lock another thread may have held).
-    if getattr(raw, "_pool", None) is not None:
-        with contextlib.suppress(Exception):
-            raw._pool = None
-    # Redirect rather than os.close(): the descriptor number stays taken until
-    # the driver's own close(), whose goodbye (COM_QUIT, Terminate, TLS
-    # close_notify) and shutdown() now go nowhere.
-    try:
-        put = sockets.put_over(devnull, fd)
-    except BaseException:
-        keep_forever(raw)  # Never freed, so it never says goodbye.
-        raise
-    if not put:  # Closed instead: the driver must not close that number again.
-        keep_forever(raw)
-        return
-    with contextlib.suppress(Exception):
-        raw.close()
 
 
 def _invalidate_at_exit() -> None:

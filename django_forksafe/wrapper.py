@@ -6,19 +6,26 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import django
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.utils import DatabaseErrorWrapper
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
-from django_forksafe import pools, registry, sockets, sqlite
+from django_forksafe import endpoints, pools, registry, silencing, sqlite
 from django_forksafe.detection import NATIVE, PROCESS_MARK
+from django_forksafe.subclassing import fork_safe_subclass
 
 WrapperClass = TypeVar("WrapperClass", bound=type[BaseDatabaseWrapper])
 # Before any test patches it (Django's runner imports us at setup()).
 _DJANGOS_ENSURE_CONNECTION = BaseDatabaseWrapper.ensure_connection
-_DJANGOS_WRAP_DATABASE_ERRORS = vars(BaseDatabaseWrapper)["wrap_database_errors"]
+_DJANGOS_WRAP_DATABASE_ERRORS = vars(BaseDatabaseWrapper).get("wrap_database_errors")
+if not isinstance(_DJANGOS_WRAP_DATABASE_ERRORS, cached_property):  # tests/test_django_internals.py pins it.
+    raise ImportError(
+        "django-forksafe reads Django's BaseDatabaseWrapper.wrap_database_errors, a cached_property, "
+        f"which Django {django.get_version()} no longer has: this Django release is not supported yet."
+    )
 
 
 class ForkSafeMixin(BaseDatabaseWrapper):
@@ -38,25 +45,25 @@ class ForkSafeMixin(BaseDatabaseWrapper):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        sockets.remember_settings(self.vendor, self.settings_dict)
+        endpoints.remember_settings(self.vendor, self.settings_dict)
         pools.created(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every subclass, however far below: a project's own mixin
+        # (class ProjectMixin(ForkSafeMixin)) and the wrapper made from it
+        # (class W(ProjectMixin, Backend)) get what forksafe() gives.
         super().__init_subclass__(**kwargs)
-        if ForkSafeMixin not in cls.__bases__:
-            return
-        next_class = cls.__mro__[cls.__mro__.index(ForkSafeMixin) + 1]
-        if "ensure_connection" not in vars(cls):
-            cls.ensure_connection = _checked_ensure_connection(cls, next_class)  # type: ignore[method-assign,assignment]
+        _refuse_backend_first(cls)
+        if not _has_backend(cls):
+            return  # A mixin still: the wrapper classes made from it are patched.
+        _check_ensure_connection(cls)
         # Django's PostgreSQL pool (5.1 and later), where the backend has one.
-        if callable(getattr(next_class, "close_pool", None)) and "close_pool" not in vars(cls):
-            setattr(cls, "close_pool", _checked_method(next_class, "close_pool"))  # noqa: B010
-        if isinstance(getattr(next_class, "pool", None), property) and "pool" not in vars(cls):
-            setattr(cls, "pool", property(_checked_method(next_class, "pool")))  # noqa: B010
+        for name in ("close_pool", "pool"):
+            _check_method(cls, name)
         if (
             NATIVE is None
-            and "wrap_database_errors" not in vars(cls)
-            and _defined(next_class, "wrap_database_errors") is _DJANGOS_WRAP_DATABASE_ERRORS
+            and not _ours(_first_defined(cls.__mro__, "wrap_database_errors"))
+            and _first_not_ours(cls.__mro__, "wrap_database_errors") is _DJANGOS_WRAP_DATABASE_ERRORS
         ):
             # Without the C extension, an inherited socket is live until
             # invalidation, and a cursor held across a fork behind Python's
@@ -117,7 +124,8 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
             registry.track(self, connection)
-            sockets.remember_peer(connection, self.vendor, self.settings_dict)
+            silencing.remember_socket(connection)
+            endpoints.remember_peer(connection, self.vendor, self.settings_dict)
             if self.vendor == "sqlite":
                 refusal = sqlite.guard_new_connection(connection, str(self.settings_dict["NAME"]))
                 if refusal is not None:
@@ -204,12 +212,108 @@ class _CheckedDatabaseErrorWrapper(DatabaseErrorWrapper):
             registry.invalidate_if_forked()
 
 
-def _checked_ensure_connection(cls: type[Any], next_class: type) -> Callable[[Any], None]:
+SUPPORTED_FORMS = (
+    "forksafe(Backend), class W(ForkSafeMixin, Backend) or class W(ProjectMixin, Backend) "
+    "with class ProjectMixin(ForkSafeMixin), Backend being the backend's DatabaseWrapper"
+)
+
+
+def _refuse_backend_first(cls: type) -> None:
+    """A backend's wrapper before the mixin in the MRO would run its methods
+    before our checks, and skip ours where it does not call super()."""
+    mro = cls.__mro__
+    ahead = [klass for klass in mro[: mro.index(ForkSafeMixin)] if not issubclass(klass, ForkSafeMixin)]
+    backends = [klass for klass in ahead if issubclass(klass, BaseDatabaseWrapper)]
+    if backends:
+        raise TypeError(
+            f"{cls.__qualname__} puts {backends[0].__module__}.{backends[0].__qualname__} before "
+            f"ForkSafeMixin in its MRO: the mixin must come first. Use {SUPPORTED_FORMS}."
+        )
+
+
+def _has_backend(cls: type) -> bool:
+    """Whether a backend's DatabaseWrapper follows the mixin in cls's MRO."""
+    mro = cls.__mro__
+    return any(
+        issubclass(klass, BaseDatabaseWrapper) and klass is not BaseDatabaseWrapper
+        for klass in mro[mro.index(ForkSafeMixin) + 1 :]
+    )
+
+
+def _ours(attribute: Any) -> bool:
+    """Whether a class attribute is one of the checked ones this module
+    installs in front of what a class after it defines (not one that took
+    the place of a class's own definition)."""
+    if isinstance(attribute, property):
+        attribute = attribute.fget
+    if isinstance(attribute, cached_property):
+        return attribute.func is _CheckedDatabaseErrorWrapper
+    return getattr(attribute, "_forksafe_checks", None) is not None
+
+
+def _inherited(cls: type, name: str, target: Any) -> bool:
+    """Whether cls inherits, first, a checked `name` of ours: around
+    `target`, or `target` itself in place of a class's own."""
+    attribute = _first_defined(cls.__mro__[1:], name)
+    if isinstance(attribute, property):
+        attribute = attribute.fget
+    if isinstance(target, property):
+        target = target.fget
+    return getattr(attribute, "_forksafe_checks", None) is target or (
+        attribute is target and getattr(attribute, "_forksafe_own", False) is True
+    )
+
+
+def _first_defined(classes: tuple[type, ...], name: str) -> Any:
+    for klass in classes:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def _first_not_ours(classes: tuple[type, ...], name: str) -> Any:
+    """`name` as the first of `classes` defines it (not bound), passing over
+    the checked ones installed here on other fork-safe classes: None if none."""
+    for klass in classes:
+        attribute = vars(klass).get(name)
+        if attribute is not None and not _ours(attribute):
+            return attribute
+    return None
+
+
+def _ours_before(cls: type, name: str, target: Any) -> bool:
+    """Whether one of ours comes before `target` after cls in its MRO."""
+    for klass in cls.__mro__[1:]:
+        attribute = vars(klass).get(name)
+        if attribute is target:
+            return False
+        if attribute is not None and _ours(attribute):
+            return True
+    return False
+
+
+def _installed(function: Callable[..., Any], name: str, target: Any, own: bool = False) -> Callable[..., Any]:
+    """`function`, the checked `name` around `target`: a class's own
+    definition it replaces (`own`), or what a class after it defines."""
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = getattr(target, "__doc__", None)
+    if own:
+        function._forksafe_own = True  # type: ignore[attr-defined]
+    else:
+        function._forksafe_checks = target  # type: ignore[attr-defined]
+    return function
+
+
+def _check_ensure_connection(cls: type[Any]) -> None:
     """ensure_connection(), checking the process mark first: one memory load
     and one branch in a process that did not fork. Every cursor comes
     through here (Django's cursor() and chunked_cursor() call _cursor(),
     which calls it first), and so does get_autocommit()."""
-    if next_class.ensure_connection is BaseDatabaseWrapper.ensure_connection:  # type: ignore[attr-defined]
+    own = vars(cls).get("ensure_connection")
+    target = own if own is not None else _first_not_ours(cls.__mro__[1:], "ensure_connection")
+    if own is None and _inherited(cls, "ensure_connection", target):
+        return  # A fork-safe base class's does it already.
+    if own is None and target is BaseDatabaseWrapper.ensure_connection:
         # Written out rather than called through super(), which would add a
         # frame to every query (2.4 % more instructions per SQLite query);
         # tests/test_django_internals.py pins Django's body that this relies on.
@@ -220,7 +324,8 @@ def _checked_ensure_connection(cls: type[Any], next_class: type) -> Callable[[An
         # (no descriptor: called unbound, as super() returns it). A patch that
         # calls back the method it replaced, taken from the connection before
         # patching, reaches this one again: that call connects, as Django's
-        # own would have (its test_utils does this).
+        # own would have (its test_utils does this). Only Django's and ours
+        # follow in the MRO, so super() reaches Django's.
         @async_unsafe
         def ensure_connection(self: Any) -> None:
             if not PROCESS_MARK[0]:
@@ -235,36 +340,47 @@ def _checked_ensure_connection(cls: type[Any], next_class: type) -> Callable[[An
                 finally:
                     self._forksafe_connecting = False
 
-        return ensure_connection
+        setattr(cls, "ensure_connection", _installed(ensure_connection, "ensure_connection", target))  # noqa: B010
+        return
 
-    def checked_ensure_connection(self: Any) -> None:  # Around a backend's own.
-        if not PROCESS_MARK[0]:
-            registry.invalidate_if_forked()
-        super(cls, self).ensure_connection()
+    # Around a backend's own, called whether connected or not: through
+    # super() when it runs, as before (a patch of it applies), unless a
+    # checked one installed on a base class comes first; the class's own
+    # (which this replaces) directly.
+    if own is None and not _ours_before(cls, "ensure_connection", target):
 
-    return checked_ensure_connection
+        def checked_ensure_connection(self: Any) -> None:
+            if not PROCESS_MARK[0]:
+                registry.invalidate_if_forked()
+            super(cls, self).ensure_connection()
+
+    else:
+
+        def checked_ensure_connection(self: Any) -> None:
+            if not PROCESS_MARK[0]:
+                registry.invalidate_if_forked()
+            target(self)
+
+    checked = _installed(checked_ensure_connection, "ensure_connection", target, own=own is not None)
+    setattr(cls, "ensure_connection", checked)  # noqa: B010
 
 
-def _checked_method(next_class: type, name: str) -> Callable[..., Any]:
-    """`name` of next_class (a method, or a property's getter), after the check."""
-    attribute = _defined(next_class, name)
-    function: Callable[..., Any] = attribute.fget if isinstance(attribute, property) else attribute  # type: ignore[assignment]
+def _check_method(cls: type, name: str) -> None:
+    """`name` (a method, or a property's getter) after the check, where cls
+    or a class after it defines one."""
+    own = vars(cls).get(name)
+    attribute = own if own is not None else _first_not_ours(cls.__mro__[1:], name)
+    is_property = isinstance(attribute, property)
+    function = attribute.fget if is_property else attribute
+    if not callable(function) or (own is None and _inherited(cls, name, function)):
+        return
 
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
         registry.invalidate_if_forked()
         return function(self, *args, **kwargs)
 
-    checked.__name__ = checked.__qualname__ = name
-    checked.__doc__ = function.__doc__
-    return checked
-
-
-def _defined(klass: type, name: str) -> Any:
-    """The attribute `name` as defined on `klass` or its nearest base (not bound)."""
-    for base in klass.__mro__:
-        if name in vars(base):
-            return vars(base)[name]
-    raise AttributeError(name)
+    installed = _installed(checked, name, function, own=own is not None)
+    setattr(cls, name, property(installed) if is_property else installed)
 
 
 def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
@@ -284,14 +400,7 @@ def forksafe(wrapper_class: WrapperClass) -> WrapperClass:
             f"backend's base.DatabaseWrapper; got {wrapper_class!r} "
             f"(of type {type(wrapper_class).__qualname__})."
         )
-    if issubclass(wrapper_class, ForkSafeMixin):
-        return wrapper_class
-    namespace = {
-        "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
-        "__qualname__": wrapper_class.__qualname__,
-        "__doc__": f"Fork-safe {wrapper_class.__module__}.{wrapper_class.__qualname__}.",
-    }
-    return type(wrapper_class.__name__, (ForkSafeMixin, wrapper_class), namespace)  # type: ignore[return-value]
+    return fork_safe_subclass(wrapper_class, ForkSafeMixin, sys._getframe(1).f_globals.get("__name__", __name__))
 
 
 def _invalidate_if_forked(**kwargs: Any) -> None:

@@ -106,6 +106,8 @@ ENGINES = {
     # A MySQL connection pool that no adapter of django_forksafe.pools knows.
     "unknown_pool": "tests.backends.unknown_pool",
     "unknown_pool-forksafe": "tests.backends.unknown_pool.forksafe",
+    # Django's PostgreSQL backend made fork-safe through a project's mixin of ForkSafeMixin.
+    "projectmixin-forksafe": "tests.backends.project_mixin",
     "gis-forksafe": "django_forksafe.backends.gis.{gis}",
     "gis-plain": "django.contrib.gis.db.backends.{gis}",
     # Third-party backends and drivers (tests.backends), as is and fork-safe.

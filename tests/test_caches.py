@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from django_forksafe import sockets
+from django_forksafe import endpoints
 from tests import IMPORT_PATH, caches
 from tests.programs import bin_path, free_port, require, running, stop
 
@@ -206,7 +206,7 @@ def make_cache(library: str, location: Any) -> Any:
 def test_endpoints_from_location_without_dns(library: str, location: Any, expected: set[Any]) -> None:
     caches.require(library)
     made = make_cache(library, location)
-    assert expected <= sockets._endpoints
+    assert expected <= endpoints._endpoints
     assert made._forksafe_unrecorded == set()
 
 
@@ -214,23 +214,23 @@ def test_host_name_pymemcache_peer_recorded_once_connected() -> None:
     # "127.1" is no IP address literal for ipaddress, but getaddrinfo takes it.
     caches.require("pymemcache")
     port = int(caches.MEMCACHED.rpartition(":")[2])
-    sockets._endpoints.discard(("127.0.0.1", port))
+    endpoints._endpoints.discard(("127.0.0.1", port))
     made = make_cache("pymemcache", f"127.1:{port}")
     assert made._forksafe_unrecorded == {("127.1", port)}
-    assert ("127.0.0.1", port) not in sockets._endpoints
+    assert ("127.0.0.1", port) not in endpoints._endpoints
     key = f"forksafe-test-{uuid.uuid4().hex}"
     made.set(key, "v")  # Connects.
     assert made.get(key) == "v"  # The next use records the peer.
-    assert ("127.0.0.1", port) in sockets._endpoints
+    assert ("127.0.0.1", port) in endpoints._endpoints
     assert made._forksafe_unrecorded == set()
     made.close()
 
 
 def test_host_name_pylibmc_resolved_once() -> None:
     caches.require("pylibmc")
-    sockets._endpoints.discard(("127.0.0.1", 21318))
+    endpoints._endpoints.discard(("127.0.0.1", 21318))
     made = make_cache("pylibmc", "127.1:21318")
-    assert ("127.0.0.1", 21318) in sockets._endpoints
+    assert ("127.0.0.1", 21318) in endpoints._endpoints
     assert made._forksafe_unrecorded == set()
 
 

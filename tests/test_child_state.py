@@ -232,7 +232,7 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
     import resource
     import socket
 
-    from django_forksafe import sockets
+    from django_forksafe import endpoints
     from django_forksafe.detection import NATIVE
 
     require_native()
@@ -240,7 +240,7 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     numbers = [n for n in (63, 64, 65, 200, 256, 300, 1000, 5000, 8192, 8193, 12000) if n < soft]
     with socket.create_server(("127.0.0.1", 0)) as server:
-        assert sockets.remember_server("127.0.0.1", server.getsockname()[1])
+        assert endpoints.remember_server("127.0.0.1", server.getsockname()[1])
         with socket.create_connection(server.getsockname()) as client:
             # An O_PATH descriptor at a number the bound is probed at: poll()
             # says POLLNVAL for it, yet it is open (and the table goes on).
@@ -287,11 +287,11 @@ def test_c_scan_reaches_every_descriptor_number() -> None:
 
 NO_PROC_CHILD = """
 import os, socket
-from django_forksafe import sockets
+from django_forksafe import endpoints
 from django_forksafe.detection import NATIVE
 assert not os.listdir("/proc")
 with socket.create_server(("127.0.0.1", 0)) as server:
-    sockets.remember_server("127.0.0.1", server.getsockname()[1])
+    endpoints.remember_server("127.0.0.1", server.getsockname()[1])
     with socket.create_connection(server.getsockname()) as client:
         pid = os.fork()
         if pid == 0:
@@ -331,10 +331,10 @@ def test_c_scan_needs_no_proc() -> None:
 
 LOWERED_LIMIT_CHILD = """
 import os, resource, socket
-from django_forksafe import sockets
+from django_forksafe import endpoints
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 with socket.create_server(("127.0.0.1", 0)) as server:
-    sockets.remember_server("127.0.0.1", server.getsockname()[1])
+    endpoints.remember_server("127.0.0.1", server.getsockname()[1])
     with socket.create_connection(server.getsockname()) as client:
         os.dup2(client.fileno(), 200, inheritable=False)
         resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))

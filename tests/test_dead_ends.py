@@ -139,19 +139,19 @@ def test_child_of_child_without_fork_handler_names_its_own_parent(fork: str) -> 
 
 DEAD_END_CHILD = """
 import errno, os, select, signal, socket, sys
-from django_forksafe import sockets
+from django_forksafe import endpoints, silencing
 from django_forksafe.detection import NATIVE
 from tests.hazards.dead_ends import RAW_FORKS
 fork = RAW_FORKS.get(sys.argv[1], os.fork)
 with socket.create_server(("127.0.0.1", 0)) as server:
-    sockets.remember_server("127.0.0.1", server.getsockname()[1])
+    endpoints.remember_server("127.0.0.1", server.getsockname()[1])
     with socket.create_connection(server.getsockname()) as client:
         reading, writing = os.pipe()
         pid = fork()
         if pid == 0:
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
             if NATIVE is None or sys.argv[1] != "fork":
-                sockets.silence_inherited()  # The first checkout's, without a fork handler.
+                silencing.silence_inherited()  # The first checkout's, without a fork handler.
             seen = []
             for name, call in (
                 ("write", lambda: os.write(client.fileno(), b"x")),
@@ -238,10 +238,10 @@ def test_control_query_on_inherited_connection_runs_on_parent_session(vendor: st
 
 INTERRUPTED_CHILD = """
 import os, socket
-from django_forksafe import sockets
+from django_forksafe import endpoints, silencing
 from django_forksafe.detection import NATIVE
 with socket.create_server(("127.0.0.1", 0)) as server:
-    sockets.remember_server("127.0.0.1", server.getsockname()[1])
+    endpoints.remember_server("127.0.0.1", server.getsockname()[1])
     with socket.create_connection(server.getsockname()) as client:
         reading, writing = os.pipe()
         pid = os.fork()

@@ -9,7 +9,14 @@ of a child's state inherited:
   transaction state that Django's __init__(), connect() and close() set;
 - the PostgreSQL pool code reads the class's _connection_pools dict;
 - DatabaseErrorWrapper.__enter__() does nothing: the checked one in
-  wrapper.py does not call it.
+  wrapper.py does not call it;
+- validate_no_broken_transaction() only raises on needs_rollback, SQLite's
+  create_cursor() is one line, wrap_database_errors is a cached_property,
+  the memcached backends' _cache is one, Signal keeps its lock as `lock`;
+- and the third-party internals (each skipped where the library is not
+  installed): django-db-geventpool's pool container, pymemcache's
+  HashClient.clients / client_pool / sock, uwsgidecorators' postfork_chain.
+  Where one of them moves, our error names it (tested at the end).
 
 Fast: no server, no fork.
 """
@@ -164,3 +171,176 @@ def test_mixin_subclass_is_what_forksafe_makes() -> None:
     assert overridden == {"ensure_connection", "pool", "close_pool"}
     assert {name for name in overridden if name in vars(Written)} == overridden
     assert id(DatabaseWrapper._connection_pools) in pools._django_pool_dicts  # type: ignore[attr-defined]
+
+
+def body_of(function: Any) -> list[ast.stmt]:
+    """A function's statements, its docstring aside."""
+    definition = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(function)))).body[0]
+    assert isinstance(definition, ast.FunctionDef)
+    return [
+        node for node in definition.body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+    ]
+
+
+def test_validate_no_broken_transaction_only_raises_on_needs_rollback() -> None:
+    """The mixin's override calls Django's only when needs_rollback is set
+    (a frame less on every execute()): right while Django's whole body is
+    `if self.needs_rollback: raise ...`."""
+    body = body_of(BaseDatabaseWrapper.validate_no_broken_transaction)
+    source = "\n".join(ast.unparse(node) for node in body)
+    assert len(body) == 1 and isinstance(body[0], ast.If) and not body[0].orelse, source
+    assert ast.unparse(body[0].test) == "self.needs_rollback", source
+    assert [type(node) for node in body[0].body] == [ast.Raise], source
+
+
+def test_sqlite_create_cursor_is_what_sqlite_py_replaces() -> None:
+    """sqlite.refuse_writes_clearly() puts a create_cursor() of its own on a
+    wrapper, with a subclass of Django's cursor wrapper as the factory: right
+    while Django's is `return self.connection.cursor(factory=SQLiteCursorWrapper)`."""
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    body = body_of(DatabaseWrapper.create_cursor)
+    assert [ast.unparse(node) for node in body] == ["return self.connection.cursor(factory=SQLiteCursorWrapper)"]
+
+
+def test_wrap_database_errors_is_a_cached_property_of_djangos_error_wrapper() -> None:
+    """wrapper.py compares a class's wrap_database_errors with Django's (to
+    leave a backend's own alone) and replaces it by a cached_property of its
+    checked subclass of DatabaseErrorWrapper."""
+    from django.utils.functional import cached_property
+
+    from django_forksafe.wrapper import _DJANGOS_WRAP_DATABASE_ERRORS
+
+    attribute = vars(BaseDatabaseWrapper).get("wrap_database_errors")
+    assert isinstance(attribute, cached_property)
+    assert [ast.unparse(node) for node in body_of(attribute.func)] == ["return DatabaseErrorWrapper(self)"]
+    assert attribute is _DJANGOS_WRAP_DATABASE_ERRORS
+
+
+@pytest.mark.parametrize("backend", ["PyLibMCCache", "PyMemcacheCache"])
+def test_memcached_client_is_a_cached_property(backend: str) -> None:
+    """cache.py builds Django's client through the cached_property's function
+    (and shadows it with a property of its own)."""
+    from django.core.cache.backends import memcached
+    from django.utils.functional import cached_property
+
+    from django_forksafe import cache
+    from django_forksafe.subclassing import defined_after
+
+    ours = getattr(cache, backend)
+    assert isinstance(defined_after(ours, cache.ForkSafeMemcachedMixin, "_cache"), cached_property)
+    assert isinstance(vars(memcached.BaseMemcachedCache).get("_cache"), cached_property)
+
+
+def test_signal_lock_is_the_lock_registry_replaces_in_a_child() -> None:
+    """Invalidation gives post_fork a new lock, in case another thread of the
+    parent held it at the fork: right while Signal keeps one threading.Lock,
+    as `lock`, and connect() and disconnect() take it."""
+    import threading
+
+    from django.dispatch import Signal
+
+    assert isinstance(Signal().lock, type(threading.Lock()))
+    for method in (Signal.connect, Signal.disconnect):
+        assert "with self.lock:" in inspect.getsource(method), method
+
+
+# Third-party internals --------------------------------------------------------
+
+
+def test_geventpool_pools_are_where_the_adapter_drops_them() -> None:
+    """django-db-geventpool keeps its pools by alias in
+    DatabaseWrapperMixin._connection_pools (4.x; a module-level
+    connection_pools before): the adapter drops them from there."""
+    pytest.importorskip("django_db_geventpool")
+    from django_db_geventpool.backends.base import DatabaseWrapperMixin
+
+    from django_forksafe import pools
+
+    containers = pools.geventpool_containers()
+    assert len(containers) == 1 and containers[0] is DatabaseWrapperMixin._connection_pools
+    assert "self._connection_pools[self.alias] = self._pool" in inspect.getsource(DatabaseWrapperMixin)
+
+
+def test_pymemcache_clients_and_sockets_are_where_cache_py_reads_them() -> None:
+    """cache.py finds a HashClient's per-server clients in `clients`, a
+    PooledClient's in `client_pool` (`used` and `free`), and a Client's
+    socket as `sock`."""
+    pytest.importorskip("pymemcache")
+    from pymemcache.client.base import Client, PooledClient  # type: ignore[import-not-found,unused-ignore]
+    from pymemcache.client.hash import HashClient  # type: ignore[import-not-found,unused-ignore]
+
+    hashed = HashClient([("127.0.0.1", 1), ("127.0.0.1", 2)])
+    assert isinstance(hashed.clients, dict) and len(hashed.clients) == 2
+    pooled = PooledClient(("127.0.0.1", 1))
+    assert list(pooled.client_pool.used) == [] and list(pooled.client_pool.free) == []  # Filled on use.
+    assert Client(("127.0.0.1", 1)).sock is None  # Connected lazily.
+    assert "self.sock = sock" in inspect.getsource(Client._connect)
+
+
+def test_uwsgidecorators_postfork_chain_is_what_uwsgi_detection_reads() -> None:
+    """uwsgi_detection looks for our hook in uwsgidecorators.postfork_chain,
+    the list its @postfork fills and its post_fork_hook runs. The module
+    imports uWSGI's own, so it is read, not imported."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("uwsgidecorators")
+    if spec is None or spec.origin is None:
+        pytest.skip("uwsgidecorators is not installed")
+    with open(spec.origin, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    assigned = {
+        target.id: ast.unparse(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert assigned.get("postfork_chain") == "[]"
+    hook = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "postfork_chain_hook")
+    assert "for f in postfork_chain" in ast.unparse(hook)
+
+
+# Where a library moves, the error names it ----------------------------------
+
+
+def test_geventpool_moved_elsewhere_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("django_db_geventpool")
+    from importlib.metadata import version
+
+    from django_db_geventpool.backends.base import DatabaseWrapperMixin
+
+    from django_forksafe import pools
+
+    monkeypatch.delattr(DatabaseWrapperMixin, "_connection_pools")
+    expected = f"django-db-geventpool {version('django-db-geventpool')} keeps its pools neither in"
+    with pytest.raises(RuntimeError, match=expected):
+        pools.geventpool_containers()
+
+
+def test_geventpool_before_4_module_level_pools_are_dropped_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier releases kept them in a module-level connection_pools."""
+    pytest.importorskip("django_db_geventpool")
+    import django_db_geventpool.backends.base as geventpool_base
+
+    from django_forksafe import pools
+
+    module_level: dict[str, Any] = {}
+    monkeypatch.delattr(geventpool_base.DatabaseWrapperMixin, "_connection_pools")
+    monkeypatch.setattr(geventpool_base, "connection_pools", module_level, raising=False)
+    containers = pools.geventpool_containers()
+    assert len(containers) == 1 and containers[0] is module_level
+
+
+def test_uwsgidecorators_without_postfork_chain_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under uWSGI (its module, made at run time, has no __file__), with a
+    uwsgidecorators that keeps its @postfork hooks elsewhere: W002 says so."""
+    import sys
+    import types
+
+    from django_forksafe.contrib import uwsgi_detection
+
+    monkeypatch.setitem(sys.modules, "uwsgi", types.ModuleType("uwsgi"))
+    monkeypatch.setitem(sys.modules, "uwsgidecorators", types.ModuleType("uwsgidecorators"))
+    message = uwsgi_detection.hook_missing()
+    assert message is not None and "postfork_chain" in message

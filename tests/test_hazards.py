@@ -286,6 +286,24 @@ def test_control_raw_connection_outside_django(vendor: str) -> None:
     assert not result["raw_session_on_server"]
 
 
+def test_raw_connection_in_other_threads_local_kept_by_the_c_extension() -> None:
+    """Only fork() itself silences a socket whose connection CPython frees in
+    the child before any Python hook runs (README, Limits)."""
+    require_native()
+    result = run("raw_connection_in_other_threads_local", "mysql", DJANGO_FORKSAFE_NATIVE="1")
+    assert result["raw_error"] is None
+    assert result["raw_same_session"]
+
+
+@pytest.mark.parametrize("engine", ["forksafe", "plain"])
+def test_control_raw_connection_in_other_threads_local_lost_on_the_pure_python_path(engine: str) -> None:
+    """The limit README states: without the C extension (and with Django's
+    ENGINE), mysqlclient's deallocator says COM_QUIT from CPython's own
+    after-fork clean-up. (psycopg says nothing when freed: MySQL only.)"""
+    result = run("raw_connection_in_other_threads_local", "mysql", engine, DJANGO_FORKSAFE_NATIVE="0")
+    assert any(message in str(result["raw_error"]) for message in LOST_SESSION), result
+
+
 def server_sockets(descriptors: dict[str, str], vendor: str) -> dict[str, str]:
     port = dbconfig.server(vendor)["PORT"]
     return {fd: kind for fd, kind in descriptors.items() if kind.startswith("socket") and f", {port})" in kind}
@@ -456,9 +474,12 @@ def test_control_connection_pool_children_use_parent_sessions() -> None:
     assert all(set(child["sessions"]) <= parent_pool for child in result["children"])
 
 
+# A third-party backend through forksafe(), and Django's through a project's
+# own mixin (class ProjectMixin(ForkSafeMixin), then class W(ProjectMixin, Backend)).
+@pytest.mark.parametrize("engine", ["thirdparty-forksafe", "projectmixin-forksafe"])
 @pytest.mark.parametrize("scenario", ["child_closes", "child_queries", "fork_in_atomic", "libc_fork_query"])
-def test_third_party_backend_made_forksafe(scenario: str) -> None:
-    result = run(scenario, "postgresql", "thirdparty-forksafe")
+def test_third_party_backend_made_forksafe(scenario: str, engine: str) -> None:
+    result = run(scenario, "postgresql", engine)
     if scenario == "fork_in_atomic":
         assert result["committed_after_rollback"] == [2, 3]
     else:
@@ -469,3 +490,20 @@ def test_third_party_backend_made_forksafe(scenario: str) -> None:
 
 def test_control_third_party_backend() -> None:
     assert_lost_session(run("child_closes", "postgresql", "thirdparty"))
+
+
+@pytest.mark.parametrize("scenario", ["pool", "pool_warmed_up"])
+def test_django_pool_through_a_project_mixin(scenario: str) -> None:
+    """Django's pool dict is watched through a project's mixin too: the
+    children never use the parent's pooled sessions (the control is
+    test_control_connection_pool_*, on Django's plain ENGINE)."""
+    needs_psycopg3()
+    result = run(scenario, "postgresql", "projectmixin-forksafe")
+    parent_pool = set(result["parent_pool_sessions"])
+    assert parent_pool
+    for child in result["children"]:
+        assert not parent_pool & set(child["sessions"])
+    assert result["parent_pool_alive"]
+    if scenario == "pool":
+        assert_kept_session(result)
+        assert result["parent_errors"] == []

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from django_forksafe import sockets
+from django_forksafe import endpoints, silencing
 from django_forksafe.backends import suggest_engine
 from django_forksafe.cache import suggest_backend
 from django_forksafe.contrib import uwsgi_detection
@@ -34,11 +34,11 @@ from tests.utils import require_native
     ],
 )
 def test_hosts_and_ports(vendor: str, host: Any, port: Any, expected: list[tuple[str, int]]) -> None:
-    assert list(sockets._hosts_and_ports(vendor, {"HOST": host, "PORT": port})) == expected
+    assert list(endpoints._hosts_and_ports(vendor, {"HOST": host, "PORT": port})) == expected
 
 
 @pytest.mark.parametrize(
-    ("vendor", "settings", "endpoints"),
+    ("vendor", "settings", "expected"),
     [
         ("postgresql", {"HOST": "10.9.8.7", "PORT": "6543"}, [("10.9.8.7", 6543)]),
         ("postgresql", {"HOST": "10.9.8.1,10.9.8.2", "PORT": "6001,6002"}, [("10.9.8.1", 6001), ("10.9.8.2", 6002)]),
@@ -55,11 +55,11 @@ def test_hosts_and_ports(vendor: str, host: Any, port: Any, expected: list[tuple
     ],
 )
 def test_settings_endpoints_recorded_without_dns(
-    vendor: str, settings: dict[str, Any], endpoints: list[sockets.Endpoint]
+    vendor: str, settings: dict[str, Any], expected: list[endpoints.Endpoint]
 ) -> None:
-    sockets.remember_settings(vendor, settings)
-    for endpoint in endpoints:
-        assert sockets._is_database(endpoint), endpoint
+    endpoints.remember_settings(vendor, settings)
+    for endpoint in expected:
+        assert endpoints.is_server(endpoint), endpoint
 
 
 def test_a_socket_path_too_long_for_a_socket_address_is_the_drivers_to_refuse() -> None:
@@ -75,12 +75,12 @@ def test_a_socket_path_too_long_for_a_socket_address_is_the_drivers_to_refuse() 
     try:
         assert handler["default"].settings_dict["HOST"] == host
     finally:
-        sockets._endpoints.discard(("unix", f"{host}/.s.PGSQL.5432"))
+        endpoints._endpoints.discard(("unix", f"{host}/.s.PGSQL.5432"))
 
 
 def test_a_host_name_is_not_resolved_from_settings() -> None:
-    sockets.remember_settings("postgresql", {"HOST": "db.forksafe.invalid", "PORT": "6010"})
-    assert not any(port == 6010 for _, port in sockets._endpoints)
+    endpoints.remember_settings("postgresql", {"HOST": "db.forksafe.invalid", "PORT": "6010"})
+    assert not any(port == 6010 for _, port in endpoints._endpoints)
 
 
 @pytest.mark.parametrize(
@@ -92,10 +92,10 @@ def test_a_host_name_is_not_resolved_from_settings() -> None:
         ("cache.forksafe.invalid", False, None),  # Its connected peer is recorded instead.
     ],
 )
-def test_cache_locations(location: str, recorded: bool, endpoint: sockets.Endpoint | None) -> None:
-    assert sockets.remember_server(location, 7020) is recorded
+def test_cache_locations(location: str, recorded: bool, endpoint: endpoints.Endpoint | None) -> None:
+    assert endpoints.remember_server(location, 7020) is recorded
     if endpoint is not None:
-        assert sockets._is_database(endpoint)
+        assert endpoints.is_server(endpoint)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ def test_the_c_extension_knows_a_connection_to_a_recorded_server() -> None:
     if NATIVE is None:
         skip_or_fail("the C extension is not built here (or DJANGO_FORKSAFE_NATIVE=0)")
     with socket.create_server(("127.0.0.1", 0)) as recorded, socket.create_server(("127.0.0.1", 0)) as other:
-        assert sockets.remember_server("127.0.0.1", recorded.getsockname()[1])
+        assert endpoints.remember_server("127.0.0.1", recorded.getsockname()[1])
         with socket.create_connection(recorded.getsockname()) as to_recorded, socket.create_connection(
             other.getsockname()
         ) as to_other, open(os.devnull) as file:
@@ -227,8 +227,8 @@ def test_the_scan_says_when_it_has_no_descriptor_to_work_with() -> None:
             except OSError:
                 pass
             try:
-                with sockets.headroom():
-                    sockets._silence_database_sockets()
+                with silencing.headroom():
+                    silencing._silence_database_sockets()
             except OSError as error:
                 outcome = errno.errorcode.get(error.errno or 0, str(error.errno))
         finally:

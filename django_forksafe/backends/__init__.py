@@ -16,21 +16,19 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-ENGINES = [
-    *(f"{__name__}.{vendor}" for vendor in ("mysql", "postgresql", "sqlite3")),
-    *(f"{__name__}.gis.{backend}" for backend in ("mysql", "postgis", "spatialite")),
-]
+# Django's packages of backends, each with ours and the backends we wrap.
+WRAPPED = {
+    "django.db.backends": (__name__, ("mysql", "postgresql", "sqlite3")),
+    "django.contrib.gis.db.backends": (f"{__name__}.gis", ("mysql", "postgis", "spatialite")),
+}
+ENGINES = [f"{package}.{name}" for package, names in WRAPPED.values() for name in names]
 
 
 def suggest_engine(engine: str) -> str:
     """The fork-safe ENGINE to use instead of `engine`."""
     package, _, name = engine.rpartition(".")
-    ours = {
-        "django.db.backends": ("django_forksafe.backends", {"mysql", "postgresql", "sqlite3"}),
-        "django.contrib.gis.db.backends": ("django_forksafe.backends.gis", {"mysql", "postgis", "spatialite"}),
-    }
-    if package in ours and name in ours[package][1]:
-        return f"{ours[package][0]}.{name}"
+    if package in WRAPPED and name in WRAPPED[package][1]:
+        return f"{WRAPPED[package][0]}.{name}"
     return f"a base.py with DatabaseWrapper = django_forksafe.forksafe(<{engine}>.base.DatabaseWrapper)"
 
 

@@ -31,11 +31,20 @@ def running_under_uwsgi() -> bool:
     return embedded_uwsgi() is not None
 
 
+def postfork_chain() -> list[Any] | None:
+    """uwsgidecorators' list of @postfork hooks, which its post_fork_hook
+    runs: empty if it is not imported, None if it keeps them elsewhere."""
+    decorators = sys.modules.get("uwsgidecorators")
+    if decorators is None:
+        return []
+    chain = getattr(decorators, "postfork_chain", None)
+    return chain if isinstance(chain, list) else None
+
+
 def hook_installed(uwsgi: Any) -> bool:
     """Whether uWSGI will call our post_fork in its children (as its
     post_fork_hook, or in uwsgidecorators' chain)."""
-    chain: list[Any] = getattr(sys.modules.get("uwsgidecorators"), "postfork_chain", [])
-    hooks = [getattr(uwsgi, "post_fork_hook", None), *chain]
+    hooks = [getattr(uwsgi, "post_fork_hook", None), *(postfork_chain() or [])]
     return any(getattr(hook, "forksafe", False) for hook in hooks)
 
 
@@ -50,6 +59,11 @@ def hook_missing() -> str | None:
         return None
     if options.get("py-call-osafterfork") or options.get("lazy-apps") or options.get("lazy"):
         return None
+    if postfork_chain() is None:
+        return (
+            "Running under uWSGI with a uwsgidecorators that no longer keeps its @postfork hooks "
+            "in postfork_chain: django-forksafe cannot tell whether its post-fork hook will run."
+        )
     return (
         "Running under uWSGI, which does not run Python's at-fork handlers in its children, "
         "without django-forksafe's post-fork hook: inherited connections are invalidated at "

@@ -48,6 +48,7 @@ SCENARIOS: dict[str, Scenario] = {
     "several_aliases": basic.several_aliases,
     # Sockets Django never saw.
     "raw_connection_outside_django": sockets.raw_connection_outside_django,
+    "raw_connection_in_other_threads_local": sockets.raw_connection_in_other_threads_local,
     "parent_dies_child_lives": sockets.parent_dies_child_lives,
     "subprocess_run": sockets.subprocess_run,
     # Forks behind Python's back.

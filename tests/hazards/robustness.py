@@ -219,7 +219,7 @@ def descriptor_reused_by_child(vendor: str, engine: str) -> Result:
 
 
 # Our code, where a signal handler can land during invalidation.
-OUR_MODULES = ("registry.py", "sqlite.py", "sockets.py", "wrapper.py")
+OUR_MODULES = ("registry.py", "silencing.py", "sqlite.py", "endpoints.py", "wrapper.py")
 
 
 def handler_landing_at(line: int, handler: Callable[[], None], work: Callable[[], None]) -> bool:

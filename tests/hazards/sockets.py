@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 from django_forksafe.hazards import SESSION_SQL, run_child, session_id
@@ -35,6 +36,43 @@ def raw_connection_outside_django(vendor: str, engine: str) -> Result:
         result["raw_error"] = f"{type(exc).__name__}: {exc}"
     result["raw_session_on_server"] = Monitor(vendor).alive(session)
     return result
+
+
+def raw_connection_in_other_threads_local(vendor: str, engine: str) -> Result:
+    """Another thread holds a driver connection of its own only in a
+    threading.local, and waits across the fork; the child does nothing.
+    CPython's after-fork clean-up in the child clears that thread's state,
+    and with it frees the connection (mysqlclient's deallocator sends
+    COM_QUIT), before any Python at-fork handler runs."""
+    setup(vendor, engine)
+    from django.db import connection
+
+    connection.ensure_connection()  # Django's own, to the same server: its endpoint is recorded.
+    local = threading.local()
+    opened, forked, checked = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def hold() -> None:
+        local.raw = Monitor(vendor)  # Referenced by the thread-local alone.
+        seen["session"] = local.raw.query(SESSION_SQL[vendor])[0][0]
+        opened.set()
+        forked.wait()
+        try:
+            seen["raw_same_session"] = local.raw.query(SESSION_SQL[vendor])[0][0] == seen["session"]
+            seen["raw_error"] = None
+        except Exception as exc:
+            seen["raw_error"] = f"{type(exc).__name__}: {exc}"
+        local.raw.conn.close()
+        checked.set()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    opened.wait()
+    result = run_child(lambda: {})
+    forked.set()
+    checked.wait()
+    thread.join()
+    return {**result, **seen}
 
 
 def parent_dies_child_lives(vendor: str, engine: str) -> Result:

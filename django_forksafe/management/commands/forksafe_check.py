@@ -13,17 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
-from django.utils.module_loading import import_string
 
 from django_forksafe import detection
 from django_forksafe.backends import suggest_engine, why_not_loaded
-from django_forksafe.hazards import HAZARDS, Observations, child_report, fork_child
+from django_forksafe.checks import memcached_caches
+from django_forksafe.hazards import CACHE_HAZARDS, HAZARDS
 from django_forksafe.wrapper import ForkSafeMixin
 
 # Distinct from CommandError's 1 (bad arguments, unknown alias, an ENGINE
@@ -69,7 +67,7 @@ class Command(BaseCommand):
                 f"Unknown memcached cache alias {unknown[0]!r}. Configured: {', '.join(configured_caches) or 'none'}."
             )
         results = [self.check_alias(alias, options["timeout"]) for alias in aliases]
-        results += [self.check_cache(alias, configured_caches[alias], options["timeout"]) for alias in cache_aliases]
+        results += [self.check_cache(alias, *configured_caches[alias], options["timeout"]) for alias in cache_aliases]
         if self.progress_shown:
             self.stderr.write("\r\033[K", ending="")
         if options["format"] == "json":
@@ -121,33 +119,30 @@ class Command(BaseCommand):
             result["hazards"].append({"hazard": hazard, **self.probe(alias, hazard, timeout)})
         return result
 
-    def check_cache(self, alias: str, backend: str, timeout: float) -> dict[str, Any]:
+    def check_cache(self, alias: str, backend: str, backend_class: type, timeout: float) -> dict[str, Any]:
         from django_forksafe.cache import ForkSafeMemcachedMixin
 
         result: dict[str, Any] = {
             "alias": alias, "kind": "cache", "engine": backend, "fork_detection": detection.METHOD, "hazards": []
         }
-        try:
-            result["forksafe"] = issubclass(import_string(backend), ForkSafeMemcachedMixin)
-        except ImportError:
-            result["forksafe"] = False
+        result["forksafe"] = issubclass(backend_class, ForkSafeMemcachedMixin)
         self.progress(f"cache {alias}: connecting...")
-        reachable = self.probe(alias, "reachable", timeout, CACHE_PROBE)
+        reachable = self.probe(alias, "reachable", timeout, cache=True)
         result["reachable"] = reachable["safe"]
         if not reachable["safe"]:
             result["error"] = reachable["detail"]
             return result
         for number, hazard in enumerate(CACHE_HAZARDS, 1):
             self.progress(f"cache {alias}: [{number}/{len(CACHE_HAZARDS)}] {hazard}...")
-            result["hazards"].append({"hazard": hazard, **self.probe(alias, hazard, timeout, CACHE_PROBE)})
+            result["hazards"].append({"hazard": hazard, **self.probe(alias, hazard, timeout, cache=True)})
         return result
 
-    def probe(self, alias: str, hazard: str, timeout: float, runner: list[str] | None = None) -> dict[str, Any]:
+    def probe(self, alias: str, hazard: str, timeout: float, cache: bool = False) -> dict[str, Any]:
         """Run one hazard in a fresh process, so that a broken session or a
         hung child cannot touch this one."""
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path or os.curdir for path in sys.path)}
         process = subprocess.Popen(
-            [sys.executable, *(runner or ["-m", "django_forksafe.probe"]), alias, hazard],
+            [sys.executable, "-m", "django_forksafe.probe", *(["--cache"] if cache else []), alias, hazard],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
         )
         try:
@@ -197,123 +192,3 @@ class Command(BaseCommand):
             elif not result["forksafe"]:
                 suggestion = suggest_engine(result["engine"])
                 self.stdout.write(f"  -> use ENGINE = {suggestion!r} to close these hazards")
-
-
-# Caches ------------------------------------------------------------------------
-# Each hazard runs in a process of its own too, through CACHE_PROBE:
-# ``python -c ... ALIAS HAZARD`` with the project's DJANGO_SETTINGS_MODULE.
-
-CACHE_PROBE = ["-c", "from django_forksafe.management.commands.forksafe_check import probe_cache; probe_cache()"]
-CACHE_ROUNDS = 300
-CACHE_CHILDREN = 3
-
-
-def memcached_caches() -> dict[str, str]:
-    """The caches whose BACKEND is a memcached one (fork-safe or not), by alias."""
-    from django.core.cache.backends.memcached import BaseMemcachedCache
-
-    found = {}
-    for alias, entry in getattr(settings, "CACHES", {}).items():
-        backend = str(entry.get("BACKEND", ""))
-        try:
-            backend_class = import_string(backend)
-        except ImportError:
-            continue
-        if isinstance(backend_class, type) and issubclass(backend_class, BaseMemcachedCache):
-            found[alias] = backend
-    return found
-
-
-def _cache_rounds(alias: str, prefix: str, rounds: int) -> Observations:
-    """`rounds` times set(key, key) then get(key), every reply checked."""
-    from django.core.cache import caches
-
-    wrong = errors = 0
-    first_error = None
-    for i in range(rounds):
-        key = f"{prefix}:{os.getpid()}:{i}"
-        try:
-            caches[alias].set(key, key, 60)
-            wrong += caches[alias].get(key) != key
-        except Exception as exc:
-            errors += 1
-            first_error = first_error or f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return {"wrong": wrong, "errors": errors, "first_error": first_error}
-
-
-def _parent_kept_connection(alias: str, prefix: str) -> Observations:
-    from django.core.cache import caches
-
-    try:
-        caches[alias].set(f"{prefix}:after", "after", 60)
-        if caches[alias].get(f"{prefix}:after") != "after" or caches[alias].get(f"{prefix}:warm-up") != "warm":
-            return {"parent_error": "the parent read a wrong value"}
-    except Exception as exc:
-        return {"parent_error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-    return {"parent_error": None}
-
-
-def _warm_up(alias: str, prefix: str) -> None:
-    from django.core.cache import caches
-
-    caches[alias].set(f"{prefix}:warm-up", "warm", 60)
-    if caches[alias].get(f"{prefix}:warm-up") != "warm":
-        raise RuntimeError("the cache did not return the value just set")
-
-
-def cache_concurrent_use(alias: str) -> Observations:
-    """The parent (which warmed the cache) and its children set and get at once."""
-    prefix = f"forksafe-check-{uuid.uuid4().hex}"
-    _warm_up(alias, prefix)
-    go_read, go_write = os.pipe()
-    forked = [fork_child(lambda: _cache_rounds(alias, prefix, CACHE_ROUNDS), go=go_read) for _ in range(CACHE_CHILDREN)]
-    os.write(go_write, b"g" * CACHE_CHILDREN)
-    mine = _cache_rounds(alias, prefix, CACHE_ROUNDS)
-    children = [child_report(*child) for child in forked]
-    return {"parent": mine, "children": children, **_parent_kept_connection(alias, prefix)}
-
-
-def cache_child_exits(alias: str) -> Observations:
-    """A child uses the cache, then ends by interpreter finalisation."""
-    prefix = f"forksafe-check-{uuid.uuid4().hex}"
-    _warm_up(alias, prefix)
-    pid = os.fork()
-    if pid == 0:
-        _cache_rounds(alias, prefix, 10)
-        sys.exit(0)
-    os.waitpid(pid, 0)
-    return {"parent": {"wrong": 0, "errors": 0}, "children": [], **_parent_kept_connection(alias, prefix)}
-
-
-CACHE_HAZARDS = {"concurrent use": cache_concurrent_use, "child exits": cache_child_exits}
-
-
-def cache_verdict(observations: Observations) -> dict[str, Any]:
-    for who, seen in [("parent", observations["parent"]), *(("child", c) for c in observations["children"])]:
-        if seen.get("child_error"):
-            return {"safe": False, "detail": f"child failed: {seen['child_error']}".splitlines()[0]}
-        if seen["wrong"] or seen["errors"]:
-            detail = f"{who}: {seen['wrong']} wrong values, {seen['errors']} errors"
-            if seen.get("first_error"):
-                detail += f" ({seen['first_error']})"
-            return {"safe": False, "detail": detail}
-    if observations["parent_error"]:
-        return {"safe": False, "detail": f"parent lost its connection: {observations['parent_error']}"}
-    return {"safe": True, "detail": "every value right, parent kept its connection"}
-
-
-def probe_cache() -> None:
-    """One cache hazard in this process; prints {"safe": bool, "detail": str}."""
-    import django
-
-    alias, hazard = sys.argv[1:3]
-    django.setup()
-    try:
-        if hazard == "reachable":
-            _warm_up(alias, f"forksafe-check-{uuid.uuid4().hex}")
-            report = {"safe": True, "detail": "reachable"}
-        else:
-            report = cache_verdict(CACHE_HAZARDS[hazard](alias))
-    except Exception as exc:
-        report = {"safe": False, "detail": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-    print(json.dumps(report))

@@ -1,39 +1,22 @@
 """
-Inherited sockets to the database servers, silenced whoever holds them.
+The endpoints of this process's database and cache servers: the table that
+tells, in a child, which inherited sockets must be silenced (see silencing).
 
-Django's own connections are silenced one by one (see registry). A child
-also inherits sockets that Django never saw: a third-party pool's idle
-connections, a driver without ``fileno()`` (PyMySQL, mysql-connector), a raw
-driver connection opened outside Django. In a child, every socket whose peer
-is a database endpoint of this process gets, in place of its descriptor, a
-dead end: a Unix stream socket never connected. A write there fails with
-ENOTCONN and raises no SIGPIPE (a closed socket pair's EPIPE would kill a
-process that set SIGPIPE to SIG_DFL); a read fails and poll() says POLLHUP
-at once. Every driver and pool sees an ordinary lost connection and discards
-it, and nothing reaches the server. The socket itself is released in the
-child, so the server notices promptly when the parent goes.
-
-With the C extension (detection.NATIVE) this happens inside fork() itself,
-before any code of the child runs; without it, the at-fork handler (or, for
-a fork behind Python's back, the first checkout) scans ``/proc/self/fd``.
-
-The endpoints are the peers of the connections Django opened here (one
-``getpeername()`` and one ``fstat()`` per new raw connection, never per
-pooled checkout), and
+They are the peers of the connections Django opened here (one
+``getpeername()`` per new raw connection, never per pooled checkout), and
 those the settings name without a DNS lookup (IP addresses, ``localhost``,
 Unix sockets). For a driver without ``fileno()``, the peer is read from its
-socket object, or else the settings' host name is resolved once.
+socket object, or else the settings' host name is resolved once. With the C
+extension (detection.NATIVE), each endpoint is also published to its table,
+which fork() itself reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
-import resource
 import socket
-import stat
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -51,9 +34,6 @@ _unix_suffixes: set[str] = set()
 _native_complete = True
 # Raw connections whose peer is known: a pool hands the same one out again.
 _peers_known: weakref.WeakSet[Any] = weakref.WeakSet()
-# The socket (device, inode) each raw connection's descriptor held when it
-# was opened: a child may close what it inherited and reuse the number.
-_socket_ids: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
 # Host names resolved for drivers without fileno() (once per host and port).
 _resolved: set[tuple[str, int]] = set()
 
@@ -92,23 +72,19 @@ def remember_peer(raw: Any, vendor: str = "", settings_dict: Mapping[str, Any] |
         _peers_known.add(raw)
     except TypeError:  # Not weakly referenceable: looked at every time.
         pass
-    fd = _fileno(raw)
-    if fd is not None:
-        with contextlib.suppress(OSError, TypeError):  # TypeError: not weakly referenceable.
-            status = os.fstat(fd)
-            _socket_ids[raw] = (status.st_dev, status.st_ino)
+    fd = fileno(raw)
     if fd is not None and NATIVE is not None and NATIVE.is_database_socket(fd):
         return  # A new connection to a recorded server: one getpeername() in C.
     sock = _socket_of(raw)
     if sock is not None:
         with contextlib.suppress(OSError):
-            endpoint = _endpoint(sock)
+            endpoint = peer_of(sock)
             if endpoint is not None:
                 _add(endpoint)
         return
     if fd is not None:
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
-            endpoint = _endpoint(dup)
+            endpoint = peer_of(dup)
             if endpoint is not None:
                 _add(endpoint)
     elif settings_dict is not None and vendor in DEFAULT_PORTS:
@@ -125,7 +101,8 @@ def _socket_of(raw: Any) -> socket.socket | None:
     return None
 
 
-def _fileno(raw: Any) -> int | None:
+def fileno(raw: Any) -> int | None:
+    """The descriptor of a raw connection, or None."""
     try:
         fd = raw.fileno()
     except Exception:  # No such method (SQLite, mysql-connector's C extension), or broken.
@@ -222,7 +199,8 @@ def remember_server(host: str, port: int, resolve: bool = False) -> bool:
     return True
 
 
-def _endpoint(sock: socket.socket) -> Endpoint | None:
+def peer_of(sock: socket.socket) -> Endpoint | None:
+    """The endpoint `sock` is connected to, or None."""
     try:
         peer = sock.getpeername()
     except OSError:  # Not connected.
@@ -238,117 +216,18 @@ def _endpoint(sock: socket.socket) -> Endpoint | None:
     return None
 
 
-def _is_database(endpoint: Endpoint) -> bool:
+def is_server(endpoint: Endpoint) -> bool:
+    """Whether `endpoint` is one of the recorded servers'."""
     if endpoint in _endpoints:
         return True
     return endpoint[0] == "unix" and any(str(endpoint[1]).endswith(suffix) for suffix in _unix_suffixes)
 
 
-def put_over(source: int, fd: int, inheritable: bool = False) -> bool:
-    """Put a copy of `source` over `fd`, so that the socket there is
-    released in this process without a byte sent: True. At or above
-    RLIMIT_NOFILE (lowered since `fd` was opened) nothing can be put there:
-    the child's copy is closed instead, which sends nothing while the parent
-    holds its own: False."""
-    try:
-        os.dup2(source, fd, inheritable=inheritable)
-    except OSError as error:
-        if error.errno != errno.EBADF or source < 0:
-            raise
-        try:
-            os.close(fd)
-        except OSError as closing:
-            if closing.errno != errno.EBADF:
-                raise
-            # Closed already: the child let it go itself (Celery's workers
-            # close what they inherited).
-        return False
-    return True
+def any_known() -> bool:
+    """Whether any server endpoint is recorded at all."""
+    return bool(_endpoints or _unix_suffixes)
 
 
-def still_holds(fd: int, raw: Any) -> bool:
-    """Whether descriptor `fd` still holds the socket `raw` was opened with
-    (True where that is not known)."""
-    try:
-        expected = _socket_ids.get(raw)
-    except TypeError:  # Not weakly referenceable.
-        return True
-    if expected is None:
-        return True
-    try:
-        status = os.fstat(fd)
-    except OSError:  # Closed.
-        return False
-    return (status.st_dev, status.st_ino) == expected
-
-
-def silenced_inside_fork() -> bool:
-    """Whether the C extension silenced every inherited database socket of
-    this process inside fork() (nothing is left for silence_inherited())."""
-    if NATIVE is None or not _native_complete:
-        return False
-    _, complete = NATIVE.last_fork()
-    return bool(complete)
-
-
-class headroom:  # Lower case: used as a function, as contextlib.suppress is.
-    """``with headroom()``: room for a few descriptors more than RLIMIT_NOFILE
-    allows, for a child forked with none left, which needs a few to silence
-    what it inherited (/dev/null, /proc/self/fd, a socket pair). The limit is
-    put back after; what was opened meanwhile stays open above it."""
-
-    __slots__ = ("_limits",)
-
-    def __enter__(self) -> None:
-        self._limits: tuple[int, int] | None = None
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft + 8 <= hard):
-            with contextlib.suppress(OSError, ValueError):  # Refused: without, then.
-                resource.setrlimit(resource.RLIMIT_NOFILE, (soft + 8, hard))
-                self._limits = (soft, hard)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._limits is not None:
-            with contextlib.suppress(OSError, ValueError):  # The hard limit lowered meanwhile.
-                resource.setrlimit(resource.RLIMIT_NOFILE, self._limits)
-
-
-def silence_inherited() -> int:
-    """In a child: silence every socket to a database endpoint, unless the C
-    extension already did inside fork(). Returns how many."""
-    if not (_endpoints or _unix_suffixes) or silenced_inside_fork():
-        return 0
-    with headroom():
-        return _silence_database_sockets()
-
-
-def _silence_database_sockets() -> int:
-    try:
-        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
-    except (FileNotFoundError, NotADirectoryError):  # No /proc (not Linux): Django's own connections only.
-        return 0
-    dead_end = None
-    silenced = 0
-    try:
-        for fd in descriptors:
-            try:
-                if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                    continue
-                with socket.socket(fileno=os.dup(fd)) as sock:
-                    endpoint = _endpoint(sock)
-                if endpoint is None or not _is_database(endpoint):
-                    continue
-                if dead_end is None:
-                    dead_end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                put_over(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
-                silenced += 1
-            except OSError as error:
-                if error.errno in (errno.EMFILE, errno.ENFILE):
-                    raise  # Out of descriptors even with headroom(): the caller logs it.
-                continue  # Closed meanwhile: on to the next.
-            except Exception:  # An odd socket: on to the next.
-                continue
-    finally:
-        if dead_end is not None:
-            dead_end.close()
-    return silenced
+def native_table_complete() -> bool:
+    """Whether the C extension's table holds every recorded endpoint."""
+    return NATIVE is not None and _native_complete
