@@ -59,11 +59,28 @@ def remember_socket(raw: Any) -> None:
             return
     except TypeError:  # Not weakly referenceable: its identity is not known.
         return
-    fd = endpoints.fileno(raw)
+    fd = endpoints.descriptor(raw)
     if fd is not None:
         with contextlib.suppress(OSError):
             status = os.fstat(fd)
             _socket_ids[raw] = (status.st_dev, status.st_ino)
+
+
+def holds_own_socket(raw: Any) -> bool:
+    """Whether the raw connection's descriptor holds, now, the very socket it
+    was opened with (False where that is not known)."""
+    fd = endpoints.descriptor(raw)
+    try:
+        expected = _socket_ids.get(raw)
+    except TypeError:  # Not weakly referenceable.
+        return False
+    if fd is None or expected is None:
+        return False
+    try:
+        status = os.fstat(fd)
+    except OSError:  # Closed.
+        return False
+    return (status.st_dev, status.st_ino) == expected
 
 
 def still_holds(fd: int, raw: Any) -> bool:
@@ -179,21 +196,33 @@ def _silence_database_sockets() -> int:
 class one_by_one:  # Lower case: used as a function, as contextlib.suppress is.
     """``with one_by_one() as silence``: silence(raw, database=None) for
     inherited raw connections, with /dev/null open meanwhile (once, for them
-    all) unless fork() itself silenced their sockets. A class rather than a
-    generator: it runs in every child's first use."""
+    all). Where fork() itself silenced every socket to a recorded endpoint,
+    only a connection whose descriptor still holds its own socket is left to
+    silence: its server was not in the table at the fork (another thread
+    forked before its peer was recorded); /dev/null is opened for the first
+    such. A class rather than a generator: it runs in every child's first use."""
 
     __slots__ = ("_devnull", "_inside_fork")
 
     def __enter__(self) -> Callable[..., None]:
         self._inside_fork = silenced_inside_fork()
-        self._devnull = -1 if self._inside_fork else _devnull()
+        self._devnull: int | None = None if self._inside_fork else _devnull()
         return self._silence_one
 
     def _silence_one(self, raw: Any, database: str | None = None) -> None:
-        _silence(raw, self._devnull, database, self._inside_fork)
+        if self._inside_fork and database is None and not holds_own_socket(raw):
+            # A dead end over it since fork(); or the child closed it, and
+            # the number may hold something of its own by now (Celery's
+            # workers close what they inherited): never touch it, nor let
+            # the driver close it.
+            keep_forever(raw)
+            return
+        if self._devnull is None:
+            self._devnull = _devnull()
+        _silence(raw, self._devnull, database)
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._devnull >= 0:
+        if self._devnull is not None and self._devnull >= 0:
             os.close(self._devnull)
 
 
@@ -206,19 +235,9 @@ def _devnull() -> int:
         return -1
 
 
-def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: bool = False) -> None:
-    if database is None and inside_fork:
-        # fork() itself put a dead end over every inherited database socket.
-        # By now (the child's first use) the descriptor may have been closed
-        # and its number reused (Celery's workers close what they inherited):
-        # never touch it, nor let the driver close it.
-        keep_forever(raw)
-        return
-    try:
-        fd = raw.fileno()
-    except Exception:  # No such method (SQLite), or a broken connection.
-        fd = -1
-    if devnull < 0 or not isinstance(fd, int) or fd < 0:
+def _silence(raw: Any, devnull: int, database: str | None = None) -> None:
+    fd = endpoints.descriptor(raw)
+    if devnull < 0 or fd is None:
         # Nothing to redirect (or nothing to redirect to): the driver must
         # never touch this handle again, not even from its deallocator at
         # interpreter exit. SQLite's rule for handles opened before fork() is
@@ -246,7 +265,11 @@ def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: b
     except BaseException:
         keep_forever(raw)  # Never freed, so it never says goodbye.
         raise
-    if not put:  # Closed instead: the driver must not close that number again.
+    if not put or endpoints.fileno(raw) is None:
+        # Closed instead: the driver must not close that number again. Or
+        # the descriptor is a socket object's (PyMySQL, mysql-connector in
+        # pure Python), whose close() would send through socket calls on
+        # /dev/null: never freed instead.
         keep_forever(raw)
         return
     with contextlib.suppress(Exception):

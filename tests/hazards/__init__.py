@@ -25,6 +25,7 @@ from tests.hazards import (
     sqlite,
     state,
     transactions,
+    unrecorded,
 )
 from tests.hazards.common import Monitor, Scenario
 
@@ -71,6 +72,15 @@ SCENARIOS: dict[str, Scenario] = {
         for name, fork in (("fork", os.fork), *dead_ends.RAW_FORKS.items())
     },
     "sys_fork_held_server_side_cursor": state.held_server_side_cursor(dead_ends.sys_fork),
+    # Servers not in the endpoint table at the fork.
+    **{
+        f"{prefix}{name}": make(fork)
+        for prefix, fork in (("", os.fork), ("libc_fork_", libc_fork))
+        for name, make in (
+            ("fork_between_track_and_peer", unrecorded.fork_between_track_and_peer),
+            ("connection_takes_last_descriptor", unrecorded.connection_takes_last_descriptor),
+        )
+    },
     # Transactions.
     "fork_in_atomic": transactions.fork_in_atomic,
     "fork_in_nested_atomic": lambda vendor, engine: transactions.fork_in_atomic(vendor, engine, nested=True),
