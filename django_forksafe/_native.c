@@ -590,7 +590,8 @@ typedef struct {
 static PyObject *
 mark_getitem(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(index))
 {
-    unsigned char armed = __atomic_load_n(mark_page != NULL ? mark_page : &mark_fallback, __ATOMIC_RELAXED);
+    unsigned char armed = mark_page != NULL ? __atomic_load_n(mark_page, __ATOMIC_RELAXED)
+                                            : __atomic_load_n(&mark_fallback, __ATOMIC_RELAXED);
     /* A bool, not an int: the cheapest for the `if not PROCESS_MARK[0]:`
      * that every query runs twice (no conversion, and truth at a glance). */
     return Py_NewRef(armed ? Py_True : Py_False);
