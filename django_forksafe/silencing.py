@@ -70,28 +70,22 @@ def holds_own_socket(raw: Any) -> bool:
     """Whether the raw connection's descriptor holds, now, the very socket it
     was opened with (False where that is not known)."""
     fd = endpoints.descriptor(raw)
-    try:
-        expected = _socket_ids.get(raw)
-    except TypeError:  # Not weakly referenceable.
-        return False
-    if fd is None or expected is None:
-        return False
-    try:
-        status = os.fstat(fd)
-    except OSError:  # Closed.
-        return False
-    return (status.st_dev, status.st_ino) == expected
+    return fd is not None and _holds(fd, raw, unknown=False)
 
 
 def still_holds(fd: int, raw: Any) -> bool:
     """Whether descriptor `fd` still holds the socket `raw` was opened with
     (True where that is not known)."""
+    return _holds(fd, raw, unknown=True)
+
+
+def _holds(fd: int, raw: Any, unknown: bool) -> bool:
     try:
         expected = _socket_ids.get(raw)
     except TypeError:  # Not weakly referenceable.
-        return True
+        return unknown
     if expected is None:
-        return True
+        return unknown
     try:
         status = os.fstat(fd)
     except OSError:  # Closed.

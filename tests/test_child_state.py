@@ -9,20 +9,12 @@ C extension and without it (DJANGO_FORKSAFE_NATIVE=0).
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
 
 import pytest
 
-from tests.utils import LOST_SESSION, SERVERS, assert_kept_session, require_native, run
+from tests.utils import LOST_SESSION, MECHANISMS, SERVERS, assert_kept_session, require_native, run, run_with
 
 FORKS = pytest.mark.parametrize("fork", ["", "libc_fork_"])
-MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "pure-python"])
-
-
-def run_with(scenario: str, vendor: str, engine: str = "forksafe", native: str = "1") -> dict[str, Any]:
-    return run(scenario, vendor, engine, DJANGO_FORKSAFE_NATIVE=native)
-
-
 def test_c_extension_built() -> None:
     # Where it can be (Linux, CPython, a compiler), the wheel carries it; in
     # CI, where there is a compiler, its absence fails.

@@ -18,13 +18,13 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from tests.utils import SERVERS, assert_kept_session, require_native, run, skip_or_fail
+from tests.utils import MECHANISMS, SERVERS, assert_kept_session, require_native, run, run_with, skip_or_fail
 
-MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "pure-python"])
 RAW_FORKS = pytest.mark.parametrize("fork", ["sys_fork", "glibc_fork", "libc_fork"])
 
 
@@ -36,10 +36,21 @@ def require_fork(fork: str) -> None:
         skip_or_fail(f"no raw fork system call known for {platform.machine()}")
 
 
-def run_with(scenario: str, vendor: str, engine: str = "forksafe", native: str = "1") -> dict[str, Any]:
-    if native == "1":
-        require_native()
-    return run(scenario, vendor, engine, DJANGO_FORKSAFE_NATIVE=native)
+def run_python(code: str, *args: str, prefix: Sequence[str] = (), **env: str) -> str:
+    """`code` in a fresh interpreter (run by `prefix`, if given), which finds
+    the tests through IMPORT_PATH and must exit 0: its output."""
+    from tests import IMPORT_PATH
+
+    process = subprocess.run(
+        [*prefix, sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=IMPORT_PATH,
+        env={**os.environ, "PYTHONPATH": IMPORT_PATH, **env},
+    )
+    assert process.returncode == 0, process.stderr
+    return process.stdout
 
 
 # A child made without the fork handler ------------------------------------
@@ -117,20 +128,9 @@ def test_child_of_child_without_fork_handler_names_its_own_parent(fork: str) -> 
     without the handler: that child, not the grandparent."""
     import json
 
-    from tests import IMPORT_PATH
-
     require_native()
     require_fork(fork)
-    process = subprocess.run(
-        [sys.executable, "-c", GRANDCHILD],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=IMPORT_PATH,
-        env={**os.environ, "PYTHONPATH": IMPORT_PATH, "FORK": fork},
-    )
-    assert process.returncode == 0, process.stderr
-    parent, forked_from = json.loads(process.stdout)
+    parent, forked_from = json.loads(run_python(GRANDCHILD, FORK=fork))
     assert forked_from == parent
 
 
@@ -186,21 +186,10 @@ def test_dead_end_fails_writes_without_signal_and_reads_at_once(fork: str, nativ
     """With SIGPIPE at SIG_DFL, a write on a silenced socket fails with
     ENOTCONN (a closed socket pair's EPIPE would kill the child), a read
     fails, and poll() says POLLHUP at once: nothing waits on a dead end."""
-    from tests import IMPORT_PATH
-
     if native == "1":
         require_native()
     require_fork(fork)
-    process = subprocess.run(
-        [sys.executable, "-c", DEAD_END_CHILD, fork],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=IMPORT_PATH,
-        env={**os.environ, "PYTHONPATH": IMPORT_PATH, "DJANGO_FORKSAFE_NATIVE": native},
-    )
-    assert process.returncode == 0, process.stderr
-    seen, status = process.stdout.splitlines()
+    seen, status = run_python(DEAD_END_CHILD, fork, DJANGO_FORKSAFE_NATIVE=native).splitlines()
     assert status == "0"  # Not -13: no SIGPIPE.
     assert seen == repr([("write", "ENOTCONN"), ("send", "ENOTCONN"), ("poll", True), ("read", "EINVAL")])
 
@@ -238,7 +227,7 @@ def test_control_query_on_inherited_connection_runs_on_parent_session(vendor: st
 
 INTERRUPTED_CHILD = """
 import os, socket
-from django_forksafe import endpoints, silencing
+from django_forksafe import endpoints
 from django_forksafe.detection import NATIVE
 with socket.create_server(("127.0.0.1", 0)) as server:
     endpoints.remember_server("127.0.0.1", server.getsockname()[1])
@@ -268,8 +257,6 @@ def test_fork_handler_retries_interrupted_calls(call: str, tmp_path: Any) -> Non
     only (the first such call of each process; Python retries its own). The
     handler tries again: every descriptor looked at, the socket silenced,
     and no fallback to /proc/self/status."""
-    from tests import IMPORT_PATH
-
     require_native()
     if shutil.which("strace") is None:
         skip_or_fail("needs strace (to make the kernel interrupt a system call)")
@@ -277,16 +264,7 @@ def test_fork_handler_retries_interrupted_calls(call: str, tmp_path: Any) -> Non
     # Traced, or strace injects nothing.
     injection = ["-e", f"trace=openat,{call}", "-e", f"inject={call}:error=EINTR:when=1"]
     strace = ["strace", "-f", "-qq", "-o", str(trace), *injection]
-    process = subprocess.run(
-        [*strace, sys.executable, "-c", INTERRUPTED_CHILD],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=IMPORT_PATH,
-        env={**os.environ, "PYTHONPATH": IMPORT_PATH},
-    )
-    assert process.returncode == 0, process.stderr
-    child, last_fork, peer = ast.literal_eval(process.stdout)
+    child, last_fork, peer = ast.literal_eval(run_python(INTERRUPTED_CHILD, prefix=strace))
     assert (last_fork, peer) == ((1, True), os.strerror(errno.ENOTCONN))
     child_calls = [line for line in trace.read_text().splitlines() if line.startswith(f"{child} ")]
     assert [line for line in child_calls if "(INJECTED)" in line]  # The premise.

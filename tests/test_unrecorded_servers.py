@@ -8,20 +8,11 @@ ENGINE is the control.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from tests.utils import SERVERS, require_native, run
+from tests.utils import MECHANISMS, SERVERS, run, run_with
 
-MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "pure-python"])
 FORKS = pytest.mark.parametrize("fork", ["", "libc_fork_"])
-
-
-def run_with(scenario: str, vendor: str, engine: str = "forksafe", native: str = "1") -> dict[str, Any]:
-    if native == "1":
-        require_native()
-    return run(scenario, vendor, engine, DJANGO_FORKSAFE_NATIVE=native)
 
 
 @MECHANISMS

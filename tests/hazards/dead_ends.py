@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable
 
 from django_forksafe.hazards import SESSION_SQL, Fork, libc_fork, run_child, session_id
-from tests.hazards.common import Monitor, Result, parent_of, setup
+from tests.hazards.common import Monitor, Result, parent_of, raw_session_kept, setup
 
 # The fork system call's number, where the architecture has one; elsewhere
 # clone() with SIGCHLD alone is the same call.
@@ -42,66 +42,50 @@ def glibc_fork() -> int:
 RAW_FORKS: dict[str, Fork] = {"libc_fork": libc_fork, "sys_fork": sys_fork, "glibc_fork": glibc_fork}
 
 
-def raw_fork_then_raw_connection(fork: Fork) -> Callable[[str, str], Result]:
+def _with_raw_connection(vendor: str, engine: str, fork: Fork, work: Callable[[Monitor], Result]) -> Result:
     """The parent holds Django's connection and a driver connection of its
-    own (the monitor's kind) to the same server; a child made by `fork`
-    queries through Django first (its first checkout), then closes the raw
-    connection it inherited: COM_QUIT / Terminate on the parent's session,
-    unless that socket is silenced."""
+    own (the monitor's kind) to the same server; a child made by `fork` runs
+    `work(raw)`. Then: the parent's sessions, Django's and the raw one."""
+    monitor = setup(vendor, engine)
+    assert monitor is not None
+    parent = parent_of(monitor)
+    raw = Monitor(vendor)
+    raw_session = raw.query(SESSION_SQL[vendor])[0][0]
+    result = {**run_child(lambda: work(raw), fork), **parent.check()}
+    result.update(raw_session_kept(monitor, raw, raw_session))
+    raw.conn.close()
+    return result
 
-    def scenario(vendor: str, engine: str) -> Result:
-        monitor = setup(vendor, engine)
-        parent = parent_of(monitor)
-        raw = Monitor(vendor)
-        raw_session = raw.query(SESSION_SQL[vendor])[0][0]
 
-        def work() -> Result:
-            from django_forksafe.detection import NATIVE
+def raw_fork_then_raw_connection(fork: Fork) -> Callable[[str, str], Result]:
+    """A child made by `fork` queries through Django first (its first
+    checkout), then closes the raw connection it inherited: COM_QUIT /
+    Terminate on the parent's session, unless that socket is silenced."""
 
-            child_session = session_id()  # The first checkout: invalidation.
-            last_fork = list(NATIVE.last_fork()) if NATIVE is not None else None
-            raw.conn.close()  # Sends COM_QUIT / Terminate, unless silenced.
-            return {"child_session": child_session, "last_fork": last_fork}
+    def work(raw: Monitor) -> Result:
+        from django_forksafe.detection import NATIVE
 
-        result = {**run_child(work, fork), **parent.check()}
-        try:
-            result["raw_same_session"] = raw.query(SESSION_SQL[vendor])[0][0] == raw_session
-            result["raw_error"] = None
-        except Exception as exc:
-            result["raw_error"] = f"{type(exc).__name__}: {exc}"
-        assert monitor is not None
-        result["raw_session_on_server"] = monitor.alive(raw_session)
-        raw.conn.close()
-        return result
+        child_session = session_id()  # The first checkout: invalidation.
+        last_fork = list(NATIVE.last_fork()) if NATIVE is not None else None
+        raw.conn.close()  # Sends COM_QUIT / Terminate, unless silenced.
+        return {"child_session": child_session, "last_fork": last_fork}
 
-    return scenario
+    return lambda vendor, engine: _with_raw_connection(vendor, engine, fork, work)
 
 
 def write_with_default_sigpipe(fork: Fork) -> Callable[[str, str], Result]:
     """A child (made by `fork`) that sets SIGPIPE to SIG_DFL, as command-line
     programs do, queries through Django, then on the driver connection it
-    inherited (the monitor's kind: mysqlclient, psycopg, or PyMySQL's Python
-    socket with ENGINE pymysql-forksafe): a database error, not death by
-    SIGPIPE."""
+    inherited (mysqlclient, psycopg, or PyMySQL's Python socket with ENGINE
+    pymysql-forksafe): a database error, not death by SIGPIPE."""
 
-    def scenario(vendor: str, engine: str) -> Result:
-        monitor = setup(vendor, engine)
-        parent = parent_of(monitor)
-        raw = Monitor(vendor)
-        raw_session = raw.query(SESSION_SQL[vendor])[0][0]
+    def work(raw: Monitor) -> Result:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        session_id()  # A first checkout: without a fork handler, the silencing's moment.
+        try:
+            raw.query("SELECT 1")
+        except Exception as exc:
+            return {"raw_query_error": f"{type(exc).__name__}: {exc}"}
+        return {"raw_query_error": None}
 
-        def work() -> Result:
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            session_id()  # A first checkout: without a fork handler, the silencing's moment.
-            try:
-                raw.query("SELECT 1")
-            except Exception as exc:
-                return {"raw_query_error": f"{type(exc).__name__}: {exc}"}
-            return {"raw_query_error": None}
-
-        result = {**run_child(work, fork), **parent.check()}
-        result["raw_same_session"] = raw.query(SESSION_SQL[vendor])[0][0] == raw_session
-        raw.conn.close()
-        return result
-
-    return scenario
+    return lambda vendor, engine: _with_raw_connection(vendor, engine, fork, work)

@@ -24,7 +24,7 @@ from typing import Any
 
 from django_forksafe.hazards import SESSION_SQL, Fork, child_report, fork_child, session_id
 from tests import dbconfig
-from tests.hazards.common import Monitor, Result, setup
+from tests.hazards.common import Monitor, Result, raw_session_kept, setup
 
 # A profile function: sys.setprofile()'s, called with (frame, event, arg).
 Profile = Callable[[FrameType, str, Any], None]
@@ -183,12 +183,7 @@ def connection_takes_last_descriptor(fork: Fork) -> Callable[[str, str], Result]
 
         result = child_report(*fork_child(work, fork))
         result["descriptors_were_exhausted"] = bool(filler)
-        try:
-            result["raw_same_session"] = raw.query(SESSION_SQL[vendor])[0][0] == raw_session
-            result["raw_error"] = None
-        except Exception as exc:
-            result["raw_error"] = f"{type(exc).__name__}: {exc}"
-        result["raw_session_on_server"] = monitor.alive(raw_session)
+        result.update(raw_session_kept(monitor, raw, raw_session))
         result["parent_same_session"] = session_id() == session
         raw.conn.close()
         return result
