@@ -641,7 +641,9 @@ static PyMethodDef methods[] = {
     {"last_fork", last_fork, METH_NOARGS,
      "last_fork() -> (silenced, complete)\n\n"
      "What the fork handler did in this process: how many sockets it silenced,\n"
-     "and whether it could look at every descriptor."},
+     "and whether it could look at every descriptor. (0, False) where it did not\n"
+     "run in this very process (no fork, or a raw clone(), syscall(SYS_fork),\n"
+     "_Fork()): nothing here was silenced by it."},
     {"forked_from", forked_from_pid, METH_NOARGS,
      "forked_from() -> int\n\n"
      "The process this one forked from, as the fork handler saw it (0 if the\n"
