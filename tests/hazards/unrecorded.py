@@ -97,8 +97,12 @@ def fork_between_track_and_peer(fork: Fork) -> Callable[[str, str], Result]:
             sys.setprofile(_at_new_connection(engine, pause))
             try:
                 seen["session"] = session_id()
+            except Exception as exc:
+                seen["error"] = f"{type(exc).__name__}: {exc}"
+                return
             finally:
                 sys.setprofile(None)
+                at_window.set()  # Also when it failed before the window.
             done.wait()
             # Let go of the connection without a word: the number now holds
             # /dev/null, where the driver's goodbye goes.
@@ -110,6 +114,9 @@ def fork_between_track_and_peer(fork: Fork) -> Callable[[str, str], Result]:
         thread = threading.Thread(target=connect)
         thread.start()
         at_window.wait()
+        if "error" in seen:
+            thread.join()
+            raise RuntimeError(f"the thread could not connect: {seen['error']}")
         release_read, release_write = os.pipe()
 
         def work() -> Result:
