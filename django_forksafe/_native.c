@@ -6,24 +6,29 @@
  * import, runs in the child of every fork() made through the C library
  * (os.fork, multiprocessing, gunicorn, Celery, uWSGI's workers, mules and
  * spooler, C extensions), before any code of the child, Python or C. It puts
- * a dead socket (one end of a socket pair whose other end is closed) over
- * every socket whose peer is a recorded database endpoint, keeping the
- * descriptor's close-on-exec flag. The child's drivers then see an ordinary
- * "server closed the connection", and nothing it sends reaches the parent's
- * sessions.
+ * a dead end (a Unix stream socket never connected) over every socket whose
+ * peer is a recorded database endpoint, keeping the descriptor's
+ * close-on-exec flag. The child's drivers then see an ordinary lost
+ * connection, and nothing it sends reaches the parent's sessions. A write
+ * there fails with ENOTCONN and raises no SIGPIPE (a closed socket pair's
+ * EPIPE would kill a process that set SIGPIPE to SIG_DFL); a read fails
+ * with EINVAL and poll() says POLLHUP at once: no driver waits on it.
  *
  * What it may do: async-signal-safe system calls only (man 7 signal-safety):
- * open, read, poll, select, getpeername, fstat, fcntl, socketpair, dup3,
- * close.
+ * getpid, open, read, poll, select, getpeername, fstat, fcntl, socket, dup3,
+ * close; each retried when a signal interrupts it (EINTR).
  *
  * What it may not do: call Python, allocate, take a lock, or touch anything
  * but the descriptors it silences. Django's state (wrappers, pools,
  * transactions, SQLite handles) is the Python at-fork handler's and the
  * checkout check's (django_forksafe.registry).
  *
- * The endpoint table is written by the parent under the GIL and published
- * entry by entry (the count is stored with release order after the entry):
- * a fork at any instant, from any thread, sees a consistent table.
+ * The endpoint table is written by one thread at a time (a spin lock: the
+ * GIL may not be there, on free-threaded CPython) and published entry by
+ * entry (the count is stored with release order after the entry): a fork at
+ * any instant, from any thread, sees a consistent table, and readers take
+ * no lock. Nothing else here needs the GIL (the module says so to
+ * free-threaded CPython, which then keeps it off).
  *
  * It also carries the process mark (django_forksafe.detection): a byte on a
  * MADV_WIPEONFORK page, zeroed by the kernel in every child, read here with
@@ -52,6 +57,7 @@
 #include <sys/socket.h>
 #include <sys/select.h>
 #include <sys/stat.h>
+#include <sched.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -72,15 +78,21 @@ typedef struct {
 
 static Endpoint endpoints[MAX_ENDPOINTS];
 static size_t endpoint_count;   /* release on write, acquire on read */
+/* Held by the one thread writing the table; let go in the child, where the
+ * thread that held it at the fork does not exist (its entry was not
+ * published, and is written over). */
+static unsigned char table_lock;
 
 /* The dead end, made once in the parent; its inode tells the child whether
  * the descriptor number still holds it (a daemonizer may have closed it, and
- * the number may hold something else since). */
+ * the number may hold something else since). Never connected: see above. */
 static int dead_fd = -1;
 static dev_t dead_dev;
 static ino_t dead_ino;
 
-/* What the handler did in this process (0 in a process that did not fork). */
+/* What the handler did in this process: valid only where handled_in is
+ * this process's pid (a child of a raw clone(), syscall(SYS_fork) or
+ * glibc's _Fork() ran no handler, and holds its parent's copy). */
 static long silenced_count;
 static int scan_failed;
 
@@ -89,15 +101,26 @@ static int scan_failed;
  * import and by the handler in each child; there, the parent's is what the
  * memory it copied says (getppid() would say 1 once a daemonizing parent
  * has exited), and handled_in tells whether the handler ran in this very
- * process (not after a raw clone(), which copies forked_from as it is). */
+ * process (not after a raw clone(), which copies forked_from as it is).
+ * own_pid is read again before each fork (the prepare handler), so that a
+ * child of a process made without the handler names that process. */
 static pid_t own_pid;
 static pid_t forked_from;
 static pid_t handled_in;
 
-/* The process mark: 1 in the process that armed it, 0 in any child. */
-static volatile unsigned char *mark_page;
+/* The process mark: 1 in the process that armed it, 0 in any child. Read
+ * and written with relaxed atomics (plain moves on x86-64 and arm64): any
+ * thread may read it while another arms it. */
+static unsigned char *mark_page;
 static unsigned char mark_fallback = 1;  /* if MADV_WIPEONFORK is refused */
 static int mark_wipes_on_fork;
+
+/* A system call interrupted by a signal handler (EINTR) is made again: an
+ * interrupted scan is not a failed one. */
+#define RETRIED(result, call) \
+    do { \
+        (result) = (call); \
+    } while ((result) < 0 && errno == EINTR)
 
 /* memcmp() == 0, written out: in a new process, the C library's memcmp()
  * would cost the handler a page fault (its code page is not mapped yet). */
@@ -191,18 +214,16 @@ static int
 dead_end(int *made_here)
 {
     struct stat st;
-    int pair[2];
 
     if (dead_fd >= 0 && fstat(dead_fd, &st) == 0 && S_ISSOCK(st.st_mode)
         && st.st_dev == dead_dev && st.st_ino == dead_ino) {
         return dead_fd;
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-        return -1;
+    int made = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (made >= 0) {
+        *made_here = 1;
     }
-    close(pair[1]);
-    *made_here = 1;
-    return pair[0];
+    return made;
 }
 
 static void
@@ -213,8 +234,8 @@ silence_if_database(int fd, int *dead, int *made_here)
 
     memset(&peer, 0, sizeof(peer));
     /* One call tells a socket (ENOTSOCK otherwise) and gives its peer. The
-     * dead end's peer is unnamed: never a database (and its number may hold
-     * a database socket by now, if a daemonizer closed it). */
+     * dead end has no peer (ENOTCONN): never a database (and its number may
+     * hold a database socket by now, if a daemonizer closed it). */
     if (getpeername(fd, (struct sockaddr *)&peer, &length) != 0) {
         return;  /* Not a socket, or not connected. */
     }
@@ -229,7 +250,9 @@ silence_if_database(int fd, int *dead, int *made_here)
         }
     }
     int flags = fcntl(fd, F_GETFD);
-    if (dup3(*dead, fd, (flags >= 0 && (flags & FD_CLOEXEC)) ? O_CLOEXEC : 0) == fd) {
+    int put;
+    RETRIED(put, dup3(*dead, fd, (flags >= 0 && (flags & FD_CLOEXEC)) ? O_CLOEXEC : 0));
+    if (put == fd) {
         silenced_count++;
     }
     else if (errno == EBADF && close(fd) == 0) {
@@ -250,11 +273,13 @@ static int
 descriptor_table_size(void)
 {
     char text[1024];
-    int status = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    int status;
+    RETRIED(status, open("/proc/self/status", O_RDONLY | O_CLOEXEC));
     if (status < 0) {
         return -1;
     }
-    ssize_t length = read(status, text, sizeof(text) - 1);
+    ssize_t length;
+    RETRIED(length, read(status, text, sizeof(text) - 1));
     close(status);
     if (length <= 0) {
         return -1;
@@ -297,10 +322,15 @@ beyond_descriptor_table(int number, unsigned long *bits)
         return -1;
     }
     size_t words = (size_t)number / WORD_BITS + 1;
-    memset(bits, 0, words * sizeof(unsigned long));
-    bits[number / WORD_BITS] = 1UL << (number % WORD_BITS);
-    struct timeval now = {0, 0};
-    int ready = select(number + 1, (fd_set *)bits, NULL, NULL, &now);
+    int ready;
+    do {
+        /* Anew for each try: an interrupted select() may leave the set
+         * changed, and the time too. */
+        memset(bits, 0, words * sizeof(unsigned long));
+        bits[number / WORD_BITS] = 1UL << (number % WORD_BITS);
+        struct timeval now = {0, 0};
+        ready = select(number + 1, (fd_set *)bits, NULL, NULL, &now);
+    } while (ready < 0 && errno == EINTR);
     if (ready == 0) {
         return 1;
     }
@@ -341,6 +371,7 @@ silence_in_child(void)
     scan_failed = 0;
     forked_from = own_pid;
     own_pid = handled_in = getpid();
+    __atomic_store_n(&table_lock, 0, __ATOMIC_RELAXED);
     if (__atomic_load_n(&endpoint_count, __ATOMIC_ACQUIRE) == 0) {
         goto done;
     }
@@ -364,7 +395,9 @@ silence_in_child(void)
             batch[i].events = 0;
             batch[i].revents = 0;
         }
-        if (poll(batch, count, 0) < 0) {
+        int ready;
+        RETRIED(ready, poll(batch, count, 0));
+        if (ready < 0) {
             if (errno == EINVAL && batch_size > 1) {
                 /* More than RLIMIT_NOFILE at once: a limit lowered below the
                  * open descriptors. Smaller batches, then. */
@@ -386,9 +419,18 @@ silence_in_child(void)
     }
 done:
     if (mark_page == NULL) {
-        mark_fallback = 0;
+        __atomic_store_n(&mark_fallback, 0, __ATOMIC_RELAXED);
     }
     errno = saved_errno;
+}
+
+/* In the parent, before each fork(): the pid the child will name as its
+ * parent (own_pid may be a grandparent's in a child made without the
+ * handler). One getpid(), next to a fork()'s hundreds of microseconds. */
+static void
+before_fork(void)
+{
+    __atomic_store_n(&own_pid, getpid(), __ATOMIC_RELAXED);
 }
 
 /* ---- Python API ---- */
@@ -413,30 +455,41 @@ add_endpoint(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "not an IPv4, IPv6 or Unix socket address");
         return NULL;
     }
-    size_t count = endpoint_count;  /* Written under the GIL only. */
-    for (size_t i = 0; i < count; i++) {
+    Endpoint wanted;
+    memset(&wanted, 0, sizeof(wanted));
+    wanted.family = family;
+    wanted.suffix = family == AF_UNIX && suffix;
+    wanted.port = family == AF_UNIX ? 0 : port;
+    wanted.length = (size_t)address.len;
+    memcpy(wanted.address, address.buf, address.len);
+    PyBuffer_Release(&address);
+
+    int added = 1;
+    /* No Python inside: the lock is held for a few hundred instructions. */
+    while (__atomic_exchange_n(&table_lock, 1, __ATOMIC_ACQUIRE)) {
+        sched_yield();
+    }
+    size_t count = __atomic_load_n(&endpoint_count, __ATOMIC_RELAXED);
+    size_t i;
+    for (i = 0; i < count; i++) {
         const Endpoint *known = &endpoints[i];
-        if (known->family == family && known->suffix == suffix && known->port == port
-            && known->length == (size_t)address.len
-            && memcmp(known->address, address.buf, address.len) == 0) {
-            PyBuffer_Release(&address);
-            Py_RETURN_TRUE;
+        if (known->family == wanted.family && known->suffix == wanted.suffix
+            && known->port == wanted.port && known->length == wanted.length
+            && memcmp(known->address, wanted.address, wanted.length) == 0) {
+            break;
         }
     }
-    if (count == MAX_ENDPOINTS) {
-        PyBuffer_Release(&address);
-        Py_RETURN_FALSE;  /* Full: the Python handler scans as well. */
+    if (i == count) {
+        if (count == MAX_ENDPOINTS) {
+            added = 0;  /* Full: the Python handler scans as well. */
+        }
+        else {
+            endpoints[count] = wanted;
+            __atomic_store_n(&endpoint_count, count + 1, __ATOMIC_RELEASE);
+        }
     }
-    Endpoint *endpoint = &endpoints[count];
-    memset(endpoint, 0, sizeof(*endpoint));
-    endpoint->family = family;
-    endpoint->suffix = family == AF_UNIX && suffix;
-    endpoint->port = family == AF_UNIX ? 0 : port;
-    endpoint->length = (size_t)address.len;
-    memcpy(endpoint->address, address.buf, address.len);
-    PyBuffer_Release(&address);
-    __atomic_store_n(&endpoint_count, count + 1, __ATOMIC_RELEASE);
-    Py_RETURN_TRUE;
+    __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE);
+    return PyBool_FromLong(added);
 }
 
 /* Whether `fd` is connected to a recorded endpoint: one getpeername(), no
@@ -470,10 +523,15 @@ keep_forever(PyObject *Py_UNUSED(module), PyObject *obj)
     Py_RETURN_NONE;
 }
 
+/* What the handler did here; (0, False) where it did not run in this very
+ * process (a raw clone(), syscall(SYS_fork), _Fork(), or no fork at all):
+ * nothing was silenced here, and Python must scan. */
 static PyObject *
 last_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    return Py_BuildValue("(lO)", silenced_count, scan_failed ? Py_False : Py_True);
+    int ran_here = handled_in != 0 && handled_in == getpid();
+    long silenced = ran_here ? silenced_count : 0;
+    return Py_BuildValue("(lO)", silenced, ran_here && !scan_failed ? Py_True : Py_False);
 }
 
 static PyObject *
@@ -487,19 +545,20 @@ forked_from_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
  * copy-on-write page fault): it calls the registry's handler only when the
  * scan failed here, or the parent said a child must hear of the fork at once. */
 
-static PyObject *python_handler;
-static int python_wanted;
+static PyObject *python_handler;  /* Atomic: set by any thread. */
+static int python_wanted;         /* Atomic, and only ever set. */
 
 static PyObject *
 after_fork_in_child(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    if (!python_wanted && !scan_failed) {
+    if (!__atomic_load_n(&python_wanted, __ATOMIC_RELAXED) && !scan_failed) {
         Py_RETURN_NONE;
     }
-    if (python_handler == NULL) {
+    PyObject *handler = __atomic_load_n(&python_handler, __ATOMIC_ACQUIRE);
+    if (handler == NULL) {
         Py_RETURN_NONE;
     }
-    return PyObject_CallNoArgs(python_handler);
+    return PyObject_CallNoArgs(handler);
 }
 
 static PyObject *
@@ -509,16 +568,16 @@ set_python_handler(PyObject *Py_UNUSED(module), PyObject *handler)
         PyErr_SetString(PyExc_TypeError, "the handler must be callable");
         return NULL;
     }
-    PyObject *previous = python_handler;
-    python_handler = Py_NewRef(handler);
-    Py_XDECREF(previous);
+    /* The one it replaces is never released: another thread may be calling
+     * it (set once at import, in practice). */
+    __atomic_store_n(&python_handler, Py_NewRef(handler), __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 
 static PyObject *
 want_python_at_fork(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
-    python_wanted = 1;
+    __atomic_store_n(&python_wanted, 1, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
@@ -531,7 +590,8 @@ typedef struct {
 static PyObject *
 mark_getitem(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(index))
 {
-    unsigned char armed = mark_page != NULL ? *mark_page : mark_fallback;
+    unsigned char armed = mark_page != NULL ? __atomic_load_n(mark_page, __ATOMIC_RELAXED)
+                                            : __atomic_load_n(&mark_fallback, __ATOMIC_RELAXED);
     /* A bool, not an int: the cheapest for the `if not PROCESS_MARK[0]:`
      * that every query runs twice (no conversion, and truth at a glance). */
     return Py_NewRef(armed ? Py_True : Py_False);
@@ -548,12 +608,7 @@ mark_setitem(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(index), PyObject *va
     if (truth < 0) {
         return -1;
     }
-    if (mark_page != NULL) {
-        *mark_page = (unsigned char)truth;
-    }
-    else {
-        mark_fallback = (unsigned char)truth;
-    }
+    __atomic_store_n(mark_page != NULL ? mark_page : &mark_fallback, (unsigned char)truth, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -586,7 +641,9 @@ static PyMethodDef methods[] = {
     {"last_fork", last_fork, METH_NOARGS,
      "last_fork() -> (silenced, complete)\n\n"
      "What the fork handler did in this process: how many sockets it silenced,\n"
-     "and whether it could look at every descriptor."},
+     "and whether it could look at every descriptor. (0, False) where it did not\n"
+     "run in this very process (no fork, or a raw clone(), syscall(SYS_fork),\n"
+     "_Fork()): nothing here was silenced by it."},
     {"forked_from", forked_from_pid, METH_NOARGS,
      "forked_from() -> int\n\n"
      "The process this one forked from, as the fork handler saw it (0 if the\n"
@@ -625,6 +682,15 @@ PyInit__native(void)
     if (module == NULL) {
         return NULL;
     }
+#ifdef Py_GIL_DISABLED
+    /* True of every function here (see the top of this file): without it,
+     * free-threaded CPython would turn the GIL on at import, with a
+     * RuntimeWarning (an ImportError under -W error). */
+    if (PyUnstable_Module_SetGIL(module, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+#endif
     if (!initialized) {
         /* Once per process, even if the module is loaded again. */
         own_pid = getpid();
@@ -640,20 +706,19 @@ PyInit__native(void)
                 munmap(page, page_size);
             }
         }
-        int pair[2];
         struct stat st;
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
-            close(pair[1]);
-            if (fstat(pair[0], &st) == 0) {
-                dead_fd = pair[0];
+        int made = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (made >= 0) {
+            if (fstat(made, &st) == 0) {
+                dead_fd = made;
                 dead_dev = st.st_dev;
                 dead_ino = st.st_ino;
             }
             else {
-                close(pair[0]);
+                close(made);
             }
         }
-        int error = pthread_atfork(NULL, NULL, silence_in_child);
+        int error = pthread_atfork(before_fork, NULL, silence_in_child);
         if (error != 0) {
             Py_DECREF(module);
             errno = error;

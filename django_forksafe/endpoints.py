@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import socket
 import weakref
@@ -22,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django_forksafe.detection import NATIVE
+
+logger = logging.getLogger("django_forksafe")
 
 Endpoint = tuple[str, str | int]
 
@@ -65,30 +68,60 @@ def _add(endpoint: Endpoint, suffix: bool = False) -> None:
 
 def remember_peer(raw: Any, vendor: str = "", settings_dict: Mapping[str, Any] | None = None) -> None:
     """Record the peer of a raw connection Django has just opened (or taken
-    from a pool): no system call for one already known."""
+    from a pool): no system call for one already known. One whose peer
+    cannot be read is logged, and looked at again when a pool hands it out
+    next (a child silences it all the same: see silencing.one_by_one)."""
     try:
         if raw in _peers_known:
             return
-        _peers_known.add(raw)
     except TypeError:  # Not weakly referenceable: looked at every time.
         pass
+    if not _record_peer(raw, vendor, settings_dict):
+        return
+    with contextlib.suppress(TypeError):
+        _peers_known.add(raw)
+
+
+def _record_peer(raw: Any, vendor: str, settings_dict: Mapping[str, Any] | None) -> bool:
     fd = fileno(raw)
     if fd is not None and NATIVE is not None and NATIVE.is_database_socket(fd):
-        return  # A new connection to a recorded server: one getpeername() in C.
+        return True  # A new connection to a recorded server: one getpeername() in C.
     sock = _socket_of(raw)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            endpoint = peer_of(sock)
-            if endpoint is not None:
-                _add(endpoint)
-        return
-    if fd is not None:
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as dup:
-            endpoint = peer_of(dup)
-            if endpoint is not None:
-                _add(endpoint)
-    elif settings_dict is not None and vendor in DEFAULT_PORTS:
-        _resolve_hosts(vendor, settings_dict)
+    if sock is None and fd is None:  # No descriptor, no socket object: the host names, resolved once.
+        if settings_dict is not None and vendor in DEFAULT_PORTS:
+            _resolve_hosts(vendor, settings_dict)
+        return True
+    failure: OSError | None = None
+    try:
+        endpoint = peer_of(sock) if sock is not None else _peer_of_descriptor(fd) if fd is not None else None
+    except OSError as error:
+        endpoint, failure = None, error
+    if endpoint is None:
+        logger.warning(
+            "django-forksafe could not read the server address of a new %s connection (%s): sockets "
+            "to it that Django did not open may stay live in child processes forked before it is read",
+            vendor or "server",
+            failure or "not connected",
+        )
+        return False
+    _add(endpoint)
+    return True
+
+
+def _peer_of_descriptor(fd: int) -> Endpoint | None:
+    """The peer of the socket at `fd`, through a socket object over that very
+    descriptor: no new one (os.dup() failed with EMFILE where the connection
+    took the last free descriptor)."""
+    # Under socket.setdefaulttimeout(), a socket object makes its descriptor
+    # non-blocking: the driver's own must stay as it was.
+    blocking = os.get_blocking(fd) if socket.getdefaulttimeout() is not None else None
+    sock = socket.socket(fileno=fd)
+    try:
+        return peer_of(sock)
+    finally:
+        sock.detach()
+        if blocking is not None:
+            os.set_blocking(fd, blocking)
 
 
 def _socket_of(raw: Any) -> socket.socket | None:
@@ -110,8 +143,17 @@ def fileno(raw: Any) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
+def descriptor(raw: Any) -> int | None:
+    """The descriptor a raw connection talks through: its fileno(), or its
+    socket object's (PyMySQL, mysql-connector in pure Python); else None."""
+    fd = fileno(raw)
+    if fd is None and (sock := _socket_of(raw)) is not None:
+        with contextlib.suppress(OSError):
+            fd = sock.fileno()
+    return fd if fd is not None and fd >= 0 else None
+
+
 def _resolve_hosts(vendor: str, settings_dict: Mapping[str, Any]) -> None:
-    # No descriptor and no socket object: the host names, resolved once.
     for host, port in _hosts_and_ports(vendor, settings_dict):
         if host and not host.startswith("/"):
             _resolve(host, port)

@@ -4,10 +4,12 @@ shared with the parent gets a dead end in place of its descriptor before
 anything of the child's can reach it, and a handle without a socket
 (SQLite's files) is never touched again.
 
-A dead end is one end of a socket pair whose other end is closed: reads see
-end-of-file and writes fail, so every driver and pool sees an ordinary
-"server closed the connection" and discards it, and the socket itself is
-released in the child, so the server notices promptly when the parent goes.
+A dead end is a Unix stream socket never connected. A write there fails
+with ENOTCONN and raises no SIGPIPE (a closed socket pair's EPIPE would kill
+a process that set SIGPIPE to SIG_DFL); a read fails and poll() says POLLHUP
+at once. Every driver and pool sees an ordinary lost connection and discards
+it, and the socket itself is released in the child, so the server notices
+promptly when the parent goes.
 Django's own connections are silenced one by one (registry's invalidation);
 every other socket to a recorded server endpoint (see endpoints) is found in
 ``/proc/self/fd``: a third-party pool's idle connections, a driver without
@@ -58,22 +60,33 @@ def remember_socket(raw: Any) -> None:
             return
     except TypeError:  # Not weakly referenceable: its identity is not known.
         return
-    fd = endpoints.fileno(raw)
+    fd = endpoints.descriptor(raw)
     if fd is not None:
         with contextlib.suppress(OSError):
             status = os.fstat(fd)
             _socket_ids[raw] = (status.st_dev, status.st_ino)
 
 
+def holds_own_socket(raw: Any) -> bool:
+    """Whether the raw connection's descriptor holds, now, the very socket it
+    was opened with (False where that is not known)."""
+    fd = endpoints.descriptor(raw)
+    return fd is not None and _holds(fd, raw, unknown=False)
+
+
 def still_holds(fd: int, raw: Any) -> bool:
     """Whether descriptor `fd` still holds the socket `raw` was opened with
     (True where that is not known)."""
+    return _holds(fd, raw, unknown=True)
+
+
+def _holds(fd: int, raw: Any, unknown: bool) -> bool:
     try:
         expected = _socket_ids.get(raw)
     except TypeError:  # Not weakly referenceable.
-        return True
+        return unknown
     if expected is None:
-        return True
+        return unknown
     try:
         status = os.fstat(fd)
     except OSError:  # Closed.
@@ -115,7 +128,7 @@ def silenced_inside_fork() -> bool:
 class headroom:  # Lower case: used as a function, as contextlib.suppress is.
     """``with headroom()``: room for a few descriptors more than RLIMIT_NOFILE
     allows, for a child forked with none left, which needs a few to silence
-    what it inherited (/dev/null, /proc/self/fd, a socket pair). The limit is
+    what it inherited (/dev/null, /proc/self/fd, a dead end). The limit is
     put back after; what was opened meanwhile stays open above it."""
 
     __slots__ = ("_limits",)
@@ -184,8 +197,7 @@ def _put_dead_ends(targets: Iterable[tuple[int, Callable[[endpoints.Endpoint], b
                 if endpoint is None or not picked(endpoint):
                     continue
                 if dead_end is None:
-                    dead_end, closed = socket.socketpair()
-                    closed.close()
+                    dead_end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 put_over(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
                 silenced += 1
             except OSError as error:
@@ -203,21 +215,33 @@ def _put_dead_ends(targets: Iterable[tuple[int, Callable[[endpoints.Endpoint], b
 class one_by_one:  # Lower case: used as a function, as contextlib.suppress is.
     """``with one_by_one() as silence``: silence(raw, database=None) for
     inherited raw connections, with /dev/null open meanwhile (once, for them
-    all) unless fork() itself silenced their sockets. A class rather than a
-    generator: it runs in every child's first use."""
+    all). Where fork() itself silenced every socket to a recorded endpoint,
+    only a connection whose descriptor still holds its own socket is left to
+    silence: its server was not in the table at the fork (another thread
+    forked before its peer was recorded); /dev/null is opened for the first
+    such. A class rather than a generator: it runs in every child's first use."""
 
     __slots__ = ("_devnull", "_inside_fork")
 
     def __enter__(self) -> Callable[..., None]:
         self._inside_fork = silenced_inside_fork()
-        self._devnull = -1 if self._inside_fork else _devnull()
+        self._devnull: int | None = None if self._inside_fork else _devnull()
         return self._silence_one
 
     def _silence_one(self, raw: Any, database: str | None = None) -> None:
-        _silence(raw, self._devnull, database, self._inside_fork)
+        if self._inside_fork and database is None and not holds_own_socket(raw):
+            # A dead end over it since fork(); or the child closed it, and
+            # the number may hold something of its own by now (Celery's
+            # workers close what they inherited): never touch it, nor let
+            # the driver close it.
+            keep_forever(raw)
+            return
+        if self._devnull is None:
+            self._devnull = _devnull()
+        _silence(raw, self._devnull, database)
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._devnull >= 0:
+        if self._devnull is not None and self._devnull >= 0:
             os.close(self._devnull)
 
 
@@ -230,19 +254,9 @@ def _devnull() -> int:
         return -1
 
 
-def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: bool = False) -> None:
-    if database is None and inside_fork:
-        # fork() itself put a dead end over every inherited database socket.
-        # By now (the child's first use) the descriptor may have been closed
-        # and its number reused (Celery's workers close what they inherited):
-        # never touch it, nor let the driver close it.
-        keep_forever(raw)
-        return
-    try:
-        fd = raw.fileno()
-    except Exception:  # No such method (SQLite), or a broken connection.
-        fd = -1
-    if devnull < 0 or not isinstance(fd, int) or fd < 0:
+def _silence(raw: Any, devnull: int, database: str | None = None) -> None:
+    fd = endpoints.descriptor(raw)
+    if devnull < 0 or fd is None:
         # Nothing to redirect (or nothing to redirect to): the driver must
         # never touch this handle again, not even from its deallocator at
         # interpreter exit. SQLite's rule for handles opened before fork() is
@@ -270,7 +284,11 @@ def _silence(raw: Any, devnull: int, database: str | None = None, inside_fork: b
     except BaseException:
         keep_forever(raw)  # Never freed, so it never says goodbye.
         raise
-    if not put:  # Closed instead: the driver must not close that number again.
+    if not put or endpoints.fileno(raw) is None:
+        # Closed instead: the driver must not close that number again. Or
+        # the descriptor is a socket object's (PyMySQL, mysql-connector in
+        # pure Python), whose close() would send through socket calls on
+        # /dev/null: never freed instead.
         keep_forever(raw)
         return
     with contextlib.suppress(Exception):

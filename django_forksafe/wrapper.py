@@ -123,8 +123,11 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
         if not self._forksafe_shares_nothing_with_children():
-            registry.track(self, connection)
+            # Its socket's identity first: from the moment it is tracked, a
+            # child forked by another thread tells by it whether fork()
+            # silenced the socket (see silencing.one_by_one).
             silencing.remember_socket(connection)
+            registry.track(self, connection)
             endpoints.remember_peer(connection, self.vendor, self.settings_dict)
             if self.vendor == "sqlite":
                 refusal = sqlite.guard_new_connection(connection, str(self.settings_dict["NAME"]))

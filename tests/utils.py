@@ -86,6 +86,17 @@ def run(
     return result
 
 
+MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "pure-python"])
+
+
+def run_with(scenario: str, vendor: str, engine: str = "forksafe", native: str = "1") -> dict[str, Any]:
+    """run() with the C extension (native "1": needed, see require_native)
+    or without it ("0": DJANGO_FORKSAFE_NATIVE=0)."""
+    if native == "1":
+        require_native()
+    return run(scenario, vendor, engine, DJANGO_FORKSAFE_NATIVE=native)
+
+
 def assert_kept_session(result: dict[str, Any]) -> None:
     """The parent's next query ran on its original server session."""
     assert result["parent_error"] is None

@@ -16,6 +16,7 @@ import os
 from django_forksafe.hazards import libc_fork
 from tests.hazards import (
     basic,
+    dead_ends,
     detection,
     pools,
     robustness,
@@ -25,6 +26,7 @@ from tests.hazards import (
     start_methods,
     state,
     transactions,
+    unrecorded,
 )
 from tests.hazards.common import Monitor, Scenario
 
@@ -61,6 +63,25 @@ SCENARIOS: dict[str, Scenario] = {
     "registry_lock_held_at_fork": detection.registry_lock_held_at_fork,
     "signal_lock_held_at_fork": detection.signal_lock_held_at_fork,
     "libc_fork_out_of_descriptors": detection.out_of_descriptors,
+    # Forks that run no at-fork handler at all; dead ends that raise no signal.
+    **{
+        f"{name}_then_raw_connection": dead_ends.raw_fork_then_raw_connection(fork)
+        for name, fork in dead_ends.RAW_FORKS.items()
+    },
+    **{
+        f"{name}_write_with_default_sigpipe": dead_ends.write_with_default_sigpipe(fork)
+        for name, fork in (("fork", os.fork), *dead_ends.RAW_FORKS.items())
+    },
+    "sys_fork_held_server_side_cursor": state.held_server_side_cursor(dead_ends.sys_fork),
+    # Servers not in the endpoint table at the fork.
+    **{
+        f"{prefix}{name}": make(fork)
+        for prefix, fork in (("", os.fork), ("libc_fork_", libc_fork))
+        for name, make in (
+            ("fork_between_track_and_peer", unrecorded.fork_between_track_and_peer),
+            ("connection_takes_last_descriptor", unrecorded.connection_takes_last_descriptor),
+        )
+    },
     # Transactions.
     "fork_in_atomic": transactions.fork_in_atomic,
     "fork_in_nested_atomic": lambda vendor, engine: transactions.fork_in_atomic(vendor, engine, nested=True),

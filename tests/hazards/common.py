@@ -14,7 +14,7 @@ from typing import Any
 import django
 from django.conf import settings
 
-from django_forksafe.hazards import SESSION_LISTED_SQL, Parent
+from django_forksafe.hazards import SESSION_LISTED_SQL, SESSION_SQL, Parent
 from tests import dbconfig
 from tests.backends import backend_of
 
@@ -114,6 +114,18 @@ class Monitor:
         while (new := self.sessions() - before) and time.monotonic() < deadline:
             time.sleep(0.05)
         return new
+
+
+def raw_session_kept(monitor: Monitor, raw: Monitor, session: int) -> Result:
+    """After a child: whether the parent's own driver connection `raw` still
+    runs on its `session`, and whether the server still lists that session."""
+    observations: Result = {"raw_error": None}
+    try:
+        observations["raw_same_session"] = raw.query(SESSION_SQL[raw.vendor])[0][0] == session
+    except Exception as exc:
+        observations["raw_error"] = f"{type(exc).__name__}: {exc}"
+    observations["raw_session_on_server"] = monitor.alive(session)
+    return observations
 
 
 # The raw connection classes Django opened here: the driver in use.
