@@ -64,10 +64,16 @@ def _inherited_socket_connected(local: Any) -> bool:
     return False
 
 
+LOOPBACK_BY_NAME = "127.1"
+
+
 def _host_named(vendor: str, engine: str) -> dict[str, Any]:
-    # This machine's name: it resolves to the loopback address the servers
-    # listen on, and the settings give no address to record.
-    return {"default": dbconfig.database(vendor, engine, HOST=socket.gethostname())}
+    # A name, not an address Python reads (ipaddress refuses it), that the C
+    # library's resolver maps to 127.0.0.1 on any machine (inet_aton's short
+    # form): as with a host name, the settings give no address to record. The
+    # machine's own name would do only where /etc/hosts maps it to 127.0.0.1
+    # (Debian's default is 127.0.1.1, where the servers do not listen).
+    return {"default": dbconfig.database(vendor, engine, HOST=LOOPBACK_BY_NAME)}
 
 
 def fork_between_track_and_peer(fork: Fork) -> Callable[[str, str], Result]:
