@@ -292,13 +292,20 @@ run() {  # COMMAND...: inside the chroot, in the source tree, servers up.
     return $status
 }
 
+# tox's packaging environment (.pkg) outlives the clone in the chroot: one
+# made for an earlier checkout hands its prepared metadata to the next build,
+# which nests it in the wheel (pip: "invalid metadata entry 'name'"). Each
+# run builds the package in a new one.
+FRESH_PACKAGE_ENV='rm -rf /var/tmp/forksafe-tox/.pkg && exec "$@"'
+
 case "${1:-}" in
 build)
     build
     ;;
 test)  # [PYTEST ARGS...]: the newest-stack environment, inside.
     shift
-    run "$TOX_VENV/bin/tox" run --workdir /var/tmp/forksafe-tox -e py314-django61 ${1+--} "$@"
+    run bash -c "$FRESH_PACKAGE_ENV" test "$TOX_VENV/bin/tox" run --workdir /var/tmp/forksafe-tox \
+        -e py314-django61 ${1+--} "$@"
     ;;
 benchmark)  # [ARGS...]: tests.benchmarks.overhead inside, on CPython 3.14.
     shift
@@ -313,7 +320,7 @@ benchmark)  # [ARGS...]: tests.benchmarks.overhead inside, on CPython 3.14.
     ;;
 tox)
     shift
-    run "$TOX_VENV/bin/tox" --workdir /var/tmp/forksafe-tox "$@"
+    run bash -c "$FRESH_PACKAGE_ENV" tox "$TOX_VENV/bin/tox" --workdir /var/tmp/forksafe-tox "$@"
     ;;
 run)
     shift
