@@ -233,6 +233,22 @@ case "$started" in *mariadb*)  # Root over TCP with an empty password, as on the
 esac
 mariadb_up || { echo "MariaDB does not answer on $MYSQL_PORT" >&2; exit 1; }
 pg_up || { echo "PostgreSQL does not answer on $PG_PORT" >&2; exit 1; }
+# The suite s role, tests/dbconfig.py s defaults (as tests/machine/setup.sh
+# makes it on the host), through each server s local admin access, by the run
+# that started the server (another run s /run, and its sockets, are its own).
+case "$started" in *mariadb*)
+    for host in localhost 127.0.0.1 ::1; do
+        mariadb --protocol=socket -uroot -e "CREATE USER IF NOT EXISTS \"forksafe\"@\"$host\"
+            IDENTIFIED BY \"forksafe\"; GRANT ALL PRIVILEGES ON *.* TO \"forksafe\"@\"$host\";" \
+            || { echo "MariaDB: cannot create the role forksafe" >&2; exit 1; }
+    done
+esac
+case "$started" in *postgresql*)
+    pg_admin() { runuser -u postgres -- psql -q -p "$PG_PORT" -d postgres "$@"; }
+    [ "$(pg_admin -tAc "SELECT count(*) FROM pg_roles WHERE rolname = \$\$forksafe\$\$")" = 1 ] \
+        || pg_admin -c "CREATE ROLE forksafe LOGIN SUPERUSER PASSWORD \$\$forksafe\$\$" \
+        || { echo "PostgreSQL: cannot create the role forksafe" >&2; exit 1; }
+esac
 redis_up || { echo "Redis does not answer on $REDIS_PORT" >&2; exit 1; }
 memcached_up || { echo "memcached does not answer on $MEMCACHED_PORT" >&2; exit 1; }
 '
