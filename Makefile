@@ -14,13 +14,15 @@ UV_BINS := $(wildcard $(or $(UV_PYTHON_INSTALL_DIR),$(HOME)/.local/share/uv/pyth
 empty :=
 space := $(empty) $(empty)
 export PATH := $(PATH)$(if $(PYENV_BINS)$(UV_BINS),:$(subst $(space),:,$(strip $(PYENV_BINS) $(UV_BINS))))
-# The newest stack with everything (CPython 3.14, the newest Django,
-# PostgreSQL 18, MariaDB 11.8: this machine's own if it has them all, else the
-# forky environment, a Debian chroot: tests/machine/forky.sh), the oldest
-# Python without the real programs (half the time), psycopg2, SpatiaLite, the
-# type and lint checks.
+# The newest versions on this machine with everything (py313-django61), the
+# oldest Python without the real programs (half the time), psycopg2,
+# SpatiaLite, the type and lint checks. The newest stack (CPython 3.14,
+# Django 6.1, PostgreSQL 18, MariaDB 11.8: this machine's own if it has them
+# all, else the forky environment, a Debian chroot: tests/machine/forky.sh)
+# runs with TEST_ENVS=$(NEWEST_ENV),...; it is not in the default selection
+# until its last failures are fixed (CONTRIBUTING.rst).
 NEWEST_ENV ?= $(shell bash tests/machine/forky.sh env)
-TEST_ENVS ?= $(NEWEST_ENV),py310-django52-core,py312-django52-psycopg2,spatialite,unit,mypy,lint
+TEST_ENVS ?= py313-django61,py310-django52-core,py312-django52-psycopg2,spatialite,unit,mypy,lint
 
 .PHONY: demo test unit tox benchmark benchmark-host clean machine forky
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check --no-input
@@ -32,7 +34,7 @@ machine:
 # The newest stack's chroot, built once (a few minutes) where this machine
 # lacks CPython 3.14 and the newest servers; reused after.
 forky:
-	@if [ "$(NEWEST_ENV)" = forky ]; then bash tests/machine/forky.sh build; fi
+	@case ",$(TEST_ENVS)," in *,forky,*) bash tests/machine/forky.sh build ;; esac
 
 # Debian's python3 makes virtualenvs only with python3-venv.
 $(VENV)/bin/python:
