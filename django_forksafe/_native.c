@@ -9,10 +9,11 @@
  * a dead end (a Unix stream socket never connected) over every socket whose
  * peer is a recorded database endpoint, keeping the descriptor's
  * close-on-exec flag. The child's drivers then see an ordinary lost
- * connection, and nothing it sends reaches the parent's sessions. A write
- * there fails with ENOTCONN and raises no SIGPIPE (a closed socket pair's
- * EPIPE would kill a process that set SIGPIPE to SIG_DFL); a read fails
- * with EINVAL and poll() says POLLHUP at once: no driver waits on it.
+ * connection, and nothing it sends reaches the parent's sessions: the dead
+ * end is a socket pair's end whose other end is closed (a write fails with
+ * EPIPE, a read gets end of file, poll() says POLLHUP at once). An
+ * unconnected socket, which raises no SIGPIPE, made libmariadb's TLS writes
+ * retry for ever.
  *
  * What it may do: async-signal-safe system calls only (man 7 signal-safety):
  * getpid, open, read, poll, select, getpeername, fstat, fcntl, socket, dup3,
@@ -219,11 +220,13 @@ dead_end(int *made_here)
         && st.st_dev == dead_dev && st.st_ino == dead_ino) {
         return dead_fd;
     }
-    int made = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (made >= 0) {
-        *made_here = 1;
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+        return -1;
     }
-    return made;
+    close(pair[1]);
+    *made_here = 1;
+    return pair[0];
 }
 
 static void
@@ -234,7 +237,7 @@ silence_if_database(int fd, int *dead, int *made_here)
 
     memset(&peer, 0, sizeof(peer));
     /* One call tells a socket (ENOTSOCK otherwise) and gives its peer. The
-     * dead end has no peer (ENOTCONN): never a database (and its number may
+     * dead end's peer is unnamed: never a database (and its number may
      * hold a database socket by now, if a daemonizer closed it). */
     if (getpeername(fd, (struct sockaddr *)&peer, &length) != 0) {
         return;  /* Not a socket, or not connected. */
@@ -707,7 +710,12 @@ PyInit__native(void)
             }
         }
         struct stat st;
-        int made = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int pair[2];
+        int made = -1;
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+            close(pair[1]);
+            made = pair[0];
+        }
         if (made >= 0) {
             if (fstat(made, &st) == 0) {
                 dead_fd = made;

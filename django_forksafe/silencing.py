@@ -4,9 +4,10 @@ shared with the parent gets a dead end in place of its descriptor before
 anything of the child's can reach it, and a handle without a socket
 (SQLite's files) is never touched again.
 
-A dead end is a Unix stream socket never connected. A write there fails
-with ENOTCONN and raises no SIGPIPE (a closed socket pair's EPIPE would kill
-a process that set SIGPIPE to SIG_DFL); a read fails and poll() says POLLHUP
+A dead end is one end of a Unix socket pair whose other end is closed: a
+write there fails with EPIPE (and raises SIGPIPE, as on any lost connection;
+an unconnected socket, which raises none, made libmariadb's TLS writes retry
+for ever), a read gets end of file and poll() says POLLHUP
 at once. Every driver and pool sees an ordinary lost connection and discards
 it, and the socket itself is released in the child, so the server notices
 promptly when the parent goes.
@@ -197,7 +198,8 @@ def _put_dead_ends(targets: Iterable[tuple[int, Callable[[endpoints.Endpoint], b
                 if endpoint is None or not picked(endpoint):
                     continue
                 if dead_end is None:
-                    dead_end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    dead_end, closed = socket.socketpair()
+                    closed.close()
                 put_over(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
                 silenced += 1
             except OSError as error:

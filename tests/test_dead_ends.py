@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import ctypes
-import errno
 import os
 import platform
 import shutil
@@ -180,6 +179,13 @@ with socket.create_server(("127.0.0.1", 0)) as server:
 """
 
 
+# Issue 25, point 3, taken back: the unconnected dead end that raised no
+# SIGPIPE made libmariadb's TLS writes retry for ever (tests/wire.py spun);
+# the dead end is a closed socket pair's end again until one does neither.
+NO_SIGPIPE_YET = pytest.mark.skip(reason="the dead end raises SIGPIPE again (see NO_SIGPIPE_YET)")
+
+
+@NO_SIGPIPE_YET
 @MECHANISMS
 @pytest.mark.parametrize("fork", ["fork", "libc_fork", "sys_fork"])
 def test_dead_end_fails_writes_without_signal_and_reads_at_once(fork: str, native: str) -> None:
@@ -199,6 +205,7 @@ SIGPIPE_ENGINES = pytest.mark.parametrize(
 )
 
 
+@NO_SIGPIPE_YET
 @MECHANISMS
 @pytest.mark.parametrize("fork", ["fork", "libc_fork"])
 @SIGPIPE_ENGINES
@@ -236,8 +243,7 @@ with socket.create_server(("127.0.0.1", 0)) as server:
         pid = os.fork()
         if pid == 0:
             try:
-                client.getpeername()
-                peer = "connected"
+                peer = repr(client.getpeername())  # The dead end's: unnamed.
             except OSError as error:
                 peer = error.strerror
             os.write(writing, repr((os.getpid(), NATIVE.last_fork(), peer)).encode())
@@ -265,7 +271,7 @@ def test_fork_handler_retries_interrupted_calls(call: str, tmp_path: Any) -> Non
     injection = ["-e", f"trace=openat,{call}", "-e", f"inject={call}:error=EINTR:when=1"]
     strace = ["strace", "-f", "-qq", "-o", str(trace), *injection]
     child, last_fork, peer = ast.literal_eval(run_python(INTERRUPTED_CHILD, prefix=strace))
-    assert (last_fork, peer) == ((1, True), os.strerror(errno.ENOTCONN))
+    assert (last_fork, peer) == ((1, True), "''")
     child_calls = [line for line in trace.read_text().splitlines() if line.startswith(f"{child} ")]
     assert [line for line in child_calls if "(INJECTED)" in line]  # The premise.
     assert not [line for line in child_calls if "/proc/self/status" in line]
