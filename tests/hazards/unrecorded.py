@@ -59,7 +59,7 @@ def _inherited_socket_connected(local: Any) -> bool:
         with contextlib.suppress(OSError):
             with socket.socket(fileno=os.dup(int(name))) as sock:
                 if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockname() == local:
-                    sock.getpeername()  # ENOTCONN on a dead end.
+                    sock.getpeername()  # A lost connection raises here.
                     return True
     return False
 
