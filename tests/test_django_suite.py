@@ -87,7 +87,10 @@ def django_tests() -> Path:
 def run_suite(
     vendor: str, engine: str, directory: Path, parallel: str
 ) -> subprocess.CompletedProcess[str]:
-    # Names of their own: some of Django's tests create and drop test_<NAME>.
+    # Names of their own, apart from every other suite run at once (tox runs
+    # environments side by side): some of Django's tests create and drop
+    # test_<NAME>, and its parallel runner clones test_<NAME>_<N>.
+    name = dbconfig.test_database()[:40]
     databases = {
         alias: dbconfig.database(
             vendor,
@@ -96,8 +99,8 @@ def run_suite(
                 {}
                 if vendor == "sqlite3"
                 else {
-                    "NAME": f"forksafe_suite_{alias}",
-                    "TEST": {"NAME": f"test_forksafe_suite_{alias}"},
+                    "NAME": f"{name}_suite_{alias}",
+                    "TEST": {"NAME": f"test_{name}_suite_{alias}"},
                 }
             ),
         )
