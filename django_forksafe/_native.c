@@ -6,14 +6,15 @@
  * import, runs in the child of every fork() made through the C library
  * (os.fork, multiprocessing, gunicorn, Celery, uWSGI's workers, mules and
  * spooler, C extensions), before any code of the child, Python or C. It puts
- * a dead end (a Unix stream socket never connected) over every socket whose
- * peer is a recorded database endpoint, keeping the descriptor's
- * close-on-exec flag. The child's drivers then see an ordinary lost
- * connection, and nothing it sends reaches the parent's sessions: the dead
- * end is a socket pair's end whose other end is closed (a write fails with
- * EPIPE, a read gets end of file, poll() says POLLHUP at once). An
- * unconnected socket, which raises no SIGPIPE, made libmariadb's TLS writes
- * retry for ever.
+ * a dead end over every socket whose peer is a recorded database endpoint,
+ * keeping the descriptor's close-on-exec flag. The child's drivers then see
+ * an ordinary lost connection, and nothing it sends reaches the parent's
+ * sessions: the dead end is one end of a Unix SOCK_SEQPACKET socket pair
+ * whose other end is closed. A write fails with EPIPE and raises no SIGPIPE
+ * (a stream socket's would, killing a child that set it to SIG_DFL), an
+ * error every driver and OpenSSL take as fatal (an unconnected socket's
+ * ENOTCONN is one OpenSSL retries, for ever); a read, blocking or not, gets
+ * end of file, and poll() says POLLHUP at once.
  *
  * What it may do: async-signal-safe system calls only (man 7 signal-safety):
  * getpid, open, read, poll, select, getpeername, fstat, fcntl, socket, dup3,
@@ -86,7 +87,7 @@ static unsigned char table_lock;
 
 /* The dead end, made once in the parent; its inode tells the child whether
  * the descriptor number still holds it (a daemonizer may have closed it, and
- * the number may hold something else since). Never connected: see above. */
+ * the number may hold something else since). See above for what it is. */
 static int dead_fd = -1;
 static dev_t dead_dev;
 static ino_t dead_ino;
@@ -221,7 +222,7 @@ dead_end(int *made_here)
         return dead_fd;
     }
     int pair[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
         return -1;
     }
     close(pair[1]);
@@ -712,7 +713,7 @@ PyInit__native(void)
         struct stat st;
         int pair[2];
         int made = -1;
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0) {
             close(pair[1]);
             made = pair[0];
         }

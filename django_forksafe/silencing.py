@@ -4,13 +4,14 @@ shared with the parent gets a dead end in place of its descriptor before
 anything of the child's can reach it, and a handle without a socket
 (SQLite's files) is never touched again.
 
-A dead end is one end of a Unix socket pair whose other end is closed: a
-write there fails with EPIPE (and raises SIGPIPE, as on any lost connection;
-an unconnected socket, which raises none, made libmariadb's TLS writes retry
-for ever), a read gets end of file and poll() says POLLHUP
-at once. Every driver and pool sees an ordinary lost connection and discards
-it, and the socket itself is released in the child, so the server notices
-promptly when the parent goes.
+A dead end is one end of a Unix SOCK_SEQPACKET socket pair whose other end is
+closed: a write fails with EPIPE and raises no SIGPIPE (a stream socket's
+would, killing a child that set it to SIG_DFL), an error every driver and
+OpenSSL take as fatal (an unconnected socket's ENOTCONN is one OpenSSL
+retries, for ever); a read, blocking or not, gets end of file, and poll()
+says POLLHUP at once. Every driver and pool sees an ordinary lost
+connection and discards it, and the socket itself is released in the child,
+so the server notices promptly when the parent goes.
 Django's own connections are silenced one by one (registry's invalidation);
 every other socket to a recorded server endpoint (see endpoints) is found in
 ``/proc/self/fd``: a third-party pool's idle connections, a driver without
@@ -198,7 +199,7 @@ def _put_dead_ends(targets: Iterable[tuple[int, Callable[[endpoints.Endpoint], b
                 if endpoint is None or not picked(endpoint):
                     continue
                 if dead_end is None:
-                    dead_end, closed = socket.socketpair()
+                    dead_end, closed = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                     closed.close()
                 put_over(dead_end.fileno(), fd, inheritable=os.get_inheritable(fd))
                 silenced += 1

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests import dbconfig, tls
-from tests.utils import assert_kept_session, run, skip_or_fail
+from tests.utils import MECHANISMS, assert_kept_session, run, run_with, skip_or_fail
 from tests.wire import children_on_the_wire
 
 STARTERS = {"postgresql": tls.postgresql, "mysql": tls.mariadb}
@@ -82,3 +82,22 @@ def test_control_children_talk_on_the_parents_tls_connections(vendor: str) -> No
     seen = children_on_the_wire(vendor, "plain")
     assert seen["packets"]
     assert seen["after"] != seen["before"]
+
+
+@MECHANISMS
+@pytest.mark.parametrize("fork", ["fork", "libc_fork"])
+def test_query_on_silenced_tls_connection_with_default_sigpipe_is_an_error(
+    vendor: str, fork: str, native: str
+) -> None:
+    """OpenSSL (libmariadb's, libpq's) writing on the dead end, in a child
+    with SIGPIPE at SIG_DFL: an error at once. Not death by SIGPIPE (a
+    socket pair's closed end), nor a write retried for ever (an unconnected
+    socket's ENOTCONN, which OpenSSL retries: the run's timeout fails it)."""
+    result = run_with(f"{fork}_write_with_default_sigpipe", vendor, native=native)
+    assert result.get("child_error") is None and result["child_exit_status"] == 0, result
+    assert result["raw_query_error"] is not None
+    assert_kept_session(result)
+
+
+def test_control_query_on_inherited_tls_connection_runs_on_parent_session(vendor: str) -> None:
+    assert run("fork_write_with_default_sigpipe", vendor, "plain")["raw_query_error"] is None
