@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -92,10 +93,21 @@ def create_test_database(vendor: str) -> None:
         raise RuntimeError(f"could not create the test database {name!r} on {vendor}: {process.stderr.strip()}")
 
 
+# Each vendor's drivers (any one will do) and how to get them.
+DRIVERS = {
+    "mysql": (("MySQLdb",), "pip install mysqlclient (it builds with a C compiler, pkg-config and libmariadb-dev)"),
+    "postgresql": (("psycopg", "psycopg2"), "pip install 'psycopg[binary]'"),
+}
+
+
 def unreachable_reason(vendor: str) -> str | None:
-    """Why the vendor's server cannot be used, or None if it answers."""
+    """Why the vendor's server cannot be used (not answering, or no driver
+    for it installed here), or None."""
     if vendor == "sqlite3":
         return None
+    modules, remedy = DRIVERS[vendor]
+    if not any(importlib.util.find_spec(module) for module in modules):
+        return f"no {vendor} driver installed ({' or '.join(modules)}): {remedy}"
     config = server(vendor)
     try:
         with socket.create_connection((config["HOST"], int(config["PORT"])), timeout=2):
