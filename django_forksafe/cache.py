@@ -130,9 +130,12 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         kept inline: every attribute and method lookup of Django's on the
         object gets slower (3 % more instructions per get, on CPython 3.11)."""
         django_cache = defined_after(type(self), ForkSafeMemcachedMixin, "_cache")
-        if isinstance(django_cache, _CACHED_PROPERTIES):
-            return django_cache.func(self)
-        return super()._cache  # type: ignore[misc]  # Not in django-stubs.
+        if not isinstance(django_cache, _CACHED_PROPERTIES):
+            # forksafe_cache() refuses such a class; one composed by hand (or
+            # a Django whose _cache moved) gets no fallback that could hand a
+            # child its parent's client.
+            raise TypeError(_not_a_cached_property(type(self), django_cache))
+        return django_cache.func(self)
 
     def _forksafe_client_like(self, inherited: Any) -> Any:
         """In a child: a client of its own, set up as the parent's was, built
@@ -292,14 +295,19 @@ def refusal(cache_class: Any) -> str | None:
         )
     client = inspect.getattr_static(cache_class, "_cache")
     if not isinstance(client, _CACHED_PROPERTIES):
-        # A child would get the parent's client back from wherever it keeps it.
-        return (
-            f"{name} defines _cache as a {type(client).__name__}, not as a cached_property: it may keep its "
-            "client where a child gets the parent's back (a threading.local, as django-pylibmc does). Build "
-            "the client in a cached_property named _cache, as Django's backend does (setting run-time "
-            "options there), and forksafe_cache() makes that class fork-safe."
-        )
+        return _not_a_cached_property(cache_class, client)
     return None
+
+
+def _not_a_cached_property(cache_class: type, client: Any) -> str:
+    # A child would get the parent's client back from wherever it keeps it.
+    return (
+        f"{cache_class.__module__}.{cache_class.__qualname__} defines _cache as a {type(client).__name__}, "
+        "not as a cached_property: it may keep its client where a child gets the parent's back (a "
+        "threading.local, as django-pylibmc does). Build the client in a cached_property named _cache, as "
+        "Django's backend does (setting run-time options there), and forksafe_cache() makes that class "
+        "fork-safe."
+    )
 
 
 _CACHED_PROPERTIES = (cached_property, functools.cached_property)

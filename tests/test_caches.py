@@ -269,12 +269,23 @@ def test_forksafe_cache_refuses_thread_local_client(library: str) -> None:
         forksafe_cache(import_string(backend))
 
 
-def test_thread_local_client_forced_child_gets_parents_back() -> None:
-    # Why it is refused: with the mixin put on it all the same, the child's
-    # new client is the parent's, from the thread-local. (pylibmc's: a
-    # pymemcache child's is made from the parent's HashClient, not by _cache.)
-    result = run("child_uses", "pylibmc", "threadlocal_forced")
+def test_control_thread_local_client_child_gets_parents_back() -> None:
+    # Why it is refused: the child's client is the parent's, from the
+    # thread-local, on the parent's connection.
+    result = run("child_uses", "pylibmc", "threadlocal")
     assert result["child"]["client_id"] == result["parent_client_id"], result
+
+
+@LIBRARIES
+def test_thread_local_client_with_mixin_put_on_by_hand_refused_at_first_use(library: str) -> None:
+    # No fallback to the class's own _cache, which would hand a child the
+    # parent's client.
+    caches.require(library)
+    from django.utils.module_loading import import_string
+
+    backend = import_string(caches.BACKENDS[library]["threadlocal_forced"])(caches.MEMCACHED, {})
+    with pytest.raises(TypeError, match=r"ForcedThreadLocal\w+ defines _cache as a property, not as a cached_prop"):
+        backend.get("key")
 
 
 @LIBRARIES

@@ -3,8 +3,8 @@ Memcached backends of one's own, built on Django's, for forksafe_cache():
 
 * ``ThreadLocal…``: a ``_cache`` property that keeps its client in a
   ``threading.local`` (django-pylibmc's pattern), which forksafe_cache()
-  refuses; ``ForcedThreadLocal…`` has our mixin put on it all the same, to
-  show why: a child gets the parent's client back;
+  refuses; ``ForcedThreadLocal…`` has our mixin put on it all the same, and
+  raises TypeError at its first use;
 * ``ForkSafeOwn…``: a ``_cache`` cached_property of its own, made fork-safe.
 """
 
