@@ -196,8 +196,11 @@ build_locked() {
 # root's TCP login on MariaDB, wait until all answer.
 start_servers='
 set -eu
-mariadb_up() { mariadb -h127.0.0.1 -P"$MYSQL_PORT" -uroot -e "SELECT 1" >/dev/null 2>&1; }
-mariadb_local() { mariadb --protocol=socket -uroot "$@" >/dev/null 2>&1; }
+# MariaDB 11.4 and later clients ask for TLS by default, and refuse a server
+# without it (ours, skip-ssl) even over the Unix socket: --skip-ssl, as
+# tests/dbconfig.py does.
+mariadb_up() { mariadb --skip-ssl -h127.0.0.1 -P"$MYSQL_PORT" -uroot -e "SELECT 1" >/dev/null 2>&1; }
+mariadb_local() { mariadb --skip-ssl --protocol=socket -uroot "$@"; }
 pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
 redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; }
 memcached_up() { printf "version\r\n" | timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MEMCACHED_PORT; cat >&3; head -c 7 <&3" 2>/dev/null | grep -q VERSION; }
@@ -225,11 +228,12 @@ fi
 memcached -d -u nobody -P /tmp/memcached-unix.pid -s /tmp/forksafe-memcached.sock -a 0777 -m 64
 for _ in $(seq 120); do
     # Waiting for the servers just started, bounded; not synchronising tests.
-    { mariadb_up || mariadb_local -e "SELECT 1"; } && pg_up && redis_up && memcached_up && break
+    { mariadb_up || mariadb_local -e "SELECT 1" >/dev/null 2>&1; } && pg_up && redis_up && memcached_up && break
     sleep 0.5
 done
 case "$started" in *mariadb*)  # Root over TCP with an empty password, as on the host.
-    mariadb_local -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(\"\")"
+    mariadb_local -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(\"\")" \
+        || { echo "MariaDB: cannot let root in over TCP (the server started here does not answer on its socket)" >&2; exit 1; }
 esac
 mariadb_up || { echo "MariaDB does not answer on $MYSQL_PORT" >&2; exit 1; }
 pg_up || { echo "PostgreSQL does not answer on $PG_PORT" >&2; exit 1; }
@@ -238,7 +242,7 @@ pg_up || { echo "PostgreSQL does not answer on $PG_PORT" >&2; exit 1; }
 # that started the server (another run s /run, and its sockets, are its own).
 case "$started" in *mariadb*)
     for host in localhost 127.0.0.1 ::1; do
-        mariadb --protocol=socket -uroot -e "CREATE USER IF NOT EXISTS \"forksafe\"@\"$host\"
+        mariadb_local -e "CREATE USER IF NOT EXISTS \"forksafe\"@\"$host\"
             IDENTIFIED BY \"forksafe\"; GRANT ALL PRIVILEGES ON *.* TO \"forksafe\"@\"$host\";" \
             || { echo "MariaDB: cannot create the role forksafe" >&2; exit 1; }
     done
@@ -254,7 +258,13 @@ memcached_up || { echo "memcached does not answer on $MEMCACHED_PORT" >&2; exit 
 '
 
 stop_servers='
-case "$started" in *mariadb*) mariadb-admin --protocol=socket -uroot shutdown 2>/dev/null ;; esac
+set +e  # Each server stopped whatever became of the others (start_servers set -e).
+# By its pid file if it does not take a shutdown: a server left running would
+# hold the port, and its socket be out of the next run s reach.
+case "$started" in *mariadb*)
+    mariadb-admin --skip-ssl --protocol=socket -uroot shutdown 2>/dev/null \
+        || start-stop-daemon --stop --quiet --pidfile /run/mysqld/forky.pid --retry TERM/60/KILL/5 ;;
+esac
 case "$started" in *postgresql*) pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main stop -m fast 2>/dev/null ;; esac
 case "$started" in *redis*) redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave 2>/dev/null ;; esac
 for pidfile in /tmp/memcached-tcp.pid /tmp/memcached-unix.pid; do
@@ -348,7 +358,7 @@ env)
         && pg_isready -q -h "${FORKSAFE_PG_HOST:-127.0.0.1}" -p "${FORKSAFE_PG_PORT:-5432}" 2>/dev/null \
         && [ "$(psql -h "${FORKSAFE_PG_HOST:-127.0.0.1}" -p "${FORKSAFE_PG_PORT:-5432}" -U "${FORKSAFE_PG_USER:-postgres}" \
             -d postgres -tAc 'SHOW server_version_num' 2>/dev/null || echo 0)" -ge "${PG_MAJOR}0000" ] \
-        && mariadb -h "${FORKSAFE_MYSQL_HOST:-127.0.0.1}" -P "${FORKSAFE_MYSQL_PORT:-3306}" -u "${FORKSAFE_MYSQL_USER:-root}" \
+        && mariadb --skip-ssl -h "${FORKSAFE_MYSQL_HOST:-127.0.0.1}" -P "${FORKSAFE_MYSQL_PORT:-3306}" -u "${FORKSAFE_MYSQL_USER:-root}" \
             -N -e 'SELECT VERSION()' 2>/dev/null | grep -qE '^(11\.([89]|[1-9][0-9])|1[2-9]\.)'; then
         echo py314-django61
     else
