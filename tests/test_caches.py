@@ -26,7 +26,7 @@ import pytest
 
 from django_forksafe import endpoints
 from tests import IMPORT_PATH, caches
-from tests.programs import bin_path, free_port, require, running, stop
+from tests.programs import bin_path, failure, free_port, require, running, stop
 
 LIBRARIES = pytest.mark.parametrize("library", caches.MEMCACHED_LIBRARIES)
 MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["C extension", "pure Python"])
@@ -539,7 +539,7 @@ def browse(port: int, clients: int = 8, visits: int = 15) -> list[dict[str, Any]
                 with opener.open(f"http://127.0.0.1:{port}/check/?n=20", timeout=20) as response:
                     outcomes.append({"expected_visits": expected, **json.loads(response.read())})
             except Exception as exc:
-                outcomes.append({"expected_visits": expected, "error": f"{type(exc).__name__}: {exc}"})
+                outcomes.append({"expected_visits": expected, "error": failure(exc)})
         return outcomes
 
     with ThreadPoolExecutor(clients) as pool:
