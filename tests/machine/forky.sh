@@ -32,6 +32,7 @@ PG_PORT="${FORKSAFE_FORKY_PG_PORT:-15432}"
 REDIS_PORT="${FORKSAFE_FORKY_REDIS_PORT:-16379}"
 MEMCACHED_PORT="${FORKSAFE_FORKY_MEMCACHED_PORT:-11312}"
 PG_MAJOR=18
+MYSQL_SOCKET=/var/lib/forksafe-mysqld/mysqld.sock  # Inside the chroot.
 PYTHON=python3.14
 # What the suite needs (as tests/machine/setup.sh on the host), the
 # interpreter and its headers (the C extension, mysqlclient, uWSGI and
@@ -116,8 +117,13 @@ configure() {
     printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
         >"$ROOT/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
     # MariaDB on our port; root with an empty password over TCP, without TLS
-    # (11.4 and later turn it on by default), as on the host.
+    # (11.4 and later turn it on by default), as on the host. Its Unix socket
+    # outside /run, which is each run's own: a run that finds the server
+    # another run started reaches it there too (the tests connect through
+    # the path the server gives, SELECT @@socket).
     cat >"$ROOT/etc/mysql/mariadb.conf.d/99-forksafe.cnf" <<CNF
+[client-server]
+socket = $MYSQL_SOCKET
 [mysqld]
 port = $MYSQL_PORT
 bind-address = 127.0.0.1
@@ -207,7 +213,7 @@ memcached_up() { printf "version\r\n" | timeout 2 bash -c "exec 3<>/dev/tcp/127.
 # Only the servers started here are stopped at the end: another run in the
 # chroot (the benchmark, a second tox) may be using those already up.
 if ! mariadb_up; then
-    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    mkdir -p /run/mysqld "$(dirname "$MYSQL_SOCKET")" && chown mysql:mysql /run/mysqld "$(dirname "$MYSQL_SOCKET")"
     # By pid file: the mariadbd of the host, same path, is visible in /proc.
     start-stop-daemon --start --background --make-pidfile --pidfile /run/mysqld/forky.pid \
         --exec /usr/sbin/mariadbd -- --user=mysql
@@ -239,7 +245,7 @@ mariadb_up || { echo "MariaDB does not answer on $MYSQL_PORT" >&2; exit 1; }
 pg_up || { echo "PostgreSQL does not answer on $PG_PORT" >&2; exit 1; }
 # The suite s role, tests/dbconfig.py s defaults (as tests/machine/setup.sh
 # makes it on the host), through each server s local admin access, by the run
-# that started the server (another run s /run, and its sockets, are its own).
+# that started the server (another run s /run, and PostgreSQL s socket there, are its own).
 case "$started" in *mariadb*)
     for host in localhost 127.0.0.1 ::1; do
         mariadb_local -e "CREATE USER IF NOT EXISTS \"forksafe\"@\"$host\"
@@ -295,7 +301,7 @@ run() {  # COMMAND...: inside the chroot, in the source tree, servers up.
     # The servers are started here and stopped at the end (/run and /tmp are
     # fresh: no stale pid file or socket from an earlier run).
     local settings=(
-        MYSQL_PORT="$MYSQL_PORT" PG_PORT="$PG_PORT" REDIS_PORT="$REDIS_PORT" MEMCACHED_PORT="$MEMCACHED_PORT"
+        MYSQL_PORT="$MYSQL_PORT" MYSQL_SOCKET="$MYSQL_SOCKET" PG_PORT="$PG_PORT" REDIS_PORT="$REDIS_PORT" MEMCACHED_PORT="$MEMCACHED_PORT"
         PG_MAJOR="$PG_MAJOR"
     )
     local forward=(
