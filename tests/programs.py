@@ -230,9 +230,10 @@ def unexpected_tracebacks(log: Path) -> list[str]:
     return [
         block
         for block in blocks
-        # Nothing but headers ("Exception ignored in: ..."): two workers'
+        # Nothing but headers ("Exception ignored in: ...", from CPython 3.14
+        # also "Exception ignored while calling deallocator ..."): two workers'
         # output interleaved; the body follows in a block of its own, judged there.
-        if not all(line.startswith("Exception ignored in:") for line in block.splitlines() if line.strip())
+        if not all(line.startswith("Exception ignored ") for line in block.splitlines() if line.strip())
         and "ResourceWarning: <psycopg.Connection object" not in block
         and not ("_connection_base.py" in block and "in __del__" in block)
     ]
