@@ -33,6 +33,7 @@ REDIS_PORT="${FORKSAFE_FORKY_REDIS_PORT:-16379}"
 MEMCACHED_PORT="${FORKSAFE_FORKY_MEMCACHED_PORT:-11312}"
 PG_MAJOR=18
 MYSQL_SOCKET=/var/lib/forksafe-mysqld/mysqld.sock  # Inside the chroot.
+MAX_CONNECTIONS=400  # Each server's (see configure).
 PYTHON=python3.14
 # What the suite needs (as tests/machine/setup.sh on the host), the
 # interpreter and its headers (the C extension, mysqlclient, uWSGI and
@@ -113,7 +114,14 @@ configure() {
     # loopback, without TLS as on the host (the TLS tests start their own).
     [ "$(in_root pg_conftool -s "$PG_MAJOR" main show port)" = "$PG_PORT" ] \
         || in_root pg_conftool -s "$PG_MAJOR" main set port "$PG_PORT"
-    printf "listen_addresses = '127.0.0.1'\nssl = off\n" >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
+    # Room for the sessions Django leaves to the garbage collector: under
+    # ASGI each request's sync_to_async thread opens one (CONN_MAX_AGE=600),
+    # closed only when the collector frees it ("deleted while still open").
+    # On CPython 3.14, tests/test_programs.py's ASGI tests (400 requests, 3
+    # workers) went past PostgreSQL's default 100 about one run in four, even
+    # alone ("too many clients already", HTTP 500).
+    printf "listen_addresses = '127.0.0.1'\nssl = off\nmax_connections = $MAX_CONNECTIONS\n" \
+        >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
     printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
         >"$ROOT/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
     # MariaDB on our port; root with an empty password over TCP, without TLS
@@ -129,6 +137,7 @@ port = $MYSQL_PORT
 bind-address = 127.0.0.1
 skip-log-bin
 skip-ssl
+max_connections = $MAX_CONNECTIONS
 [client]
 port = $MYSQL_PORT
 CNF
