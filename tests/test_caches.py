@@ -26,7 +26,7 @@ import pytest
 
 from django_forksafe import endpoints
 from tests import IMPORT_PATH, caches
-from tests.programs import bin_path, free_port, require, running, stop
+from tests.programs import bin_path, failure, free_port, require, running, stop
 
 LIBRARIES = pytest.mark.parametrize("library", caches.MEMCACHED_LIBRARIES)
 MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["C extension", "pure Python"])
@@ -154,16 +154,30 @@ def test_control_pylibmc_quit_at_child_exit_ends_parent_connection(scenario: str
     assert not result["parent_ports_on_server"]
 
 
+THREADS = pytest.mark.parametrize("scenario", ["other_thread", "other_raw_thread"])
+
+
 @LIBRARIES
 @MECHANISMS
-def test_other_threads_client_survives_child(library: str, native: str) -> None:
-    result = run("other_thread", library, native=native)
+@THREADS
+def test_other_threads_client_survives_child(scenario: str, library: str, native: str) -> None:
+    result = run(scenario, library, native=native)
     assert (result["child"]["wrong"], result["child"]["errors"]) == (0, 0)
     assert_parent_kept_connection(result)
 
 
-def test_control_other_threads_client_quits_in_child() -> None:
-    result = run("other_thread", "pylibmc", "plain")
+@THREADS
+def test_control_other_threads_client_quits_in_child(scenario: str) -> None:
+    result = run(scenario, "pylibmc", "plain")
+    if scenario == "other_thread" and sys.version_info >= (3, 14):
+        # CPython 3.14 runs a threading.Thread in a Context of its own, held
+        # by the Thread object (Thread._context), which the dead thread's
+        # frames still hold in the child: the cache object in that context
+        # is never freed there, and nothing says quit. What 3.14 does, kept
+        # as a tripwire; the raw thread (_thread's, or a C library's) shows
+        # the failure on every version.
+        assert result["parent_ports_on_server"], result
+        return
     assert not result["parent_ports_on_server"], result
 
 
@@ -536,7 +550,7 @@ def browse(port: int, clients: int = 8, visits: int = 15) -> list[dict[str, Any]
                 with opener.open(f"http://127.0.0.1:{port}/check/?n=20", timeout=20) as response:
                     outcomes.append({"expected_visits": expected, **json.loads(response.read())})
             except Exception as exc:
-                outcomes.append({"expected_visits": expected, "error": f"{type(exc).__name__}: {exc}"})
+                outcomes.append({"expected_visits": expected, "error": failure(exc)})
         return outcomes
 
     with ThreadPoolExecutor(clients) as pool:

@@ -172,13 +172,16 @@ def main(vendor: str, engine: str, forks: list[str]) -> None:
 
 
 @contextmanager
-def capture(ports: list[int]) -> Iterator[list[str]]:
-    """tcpdump's lines for the packets to or from `ports` on the loopback,
-    complete when the block ends: a marker datagram sent last is seen last."""
+def capture(ports: list[int], server_port: int) -> Iterator[list[str]]:
+    """tcpdump's lines for the packets of the connections from `ports` to
+    `server_port` on the loopback, complete when the block ends: a marker
+    datagram sent last is seen last. Both ends: Linux gives a local port in
+    use to a connection to another destination too (another client's, of
+    another server on this machine)."""
     marker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     marker.bind(("127.0.0.1", 0))
     marker_port = marker.getsockname()[1]
-    watched = " or ".join(f"tcp port {port}" for port in ports)
+    watched = " or ".join(f"(tcp port {port} and tcp port {server_port})" for port in ports)
     process = subprocess.Popen(
         ["tcpdump", "-i", "lo", "-nn", "-l", "-tt", "-Q", "inout", f"({watched}) or udp dst port {marker_port}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -221,7 +224,7 @@ def children_on_the_wire(vendor: str, engine: str, forks: str = EVERY_FORK, **en
     try:
         ports = json.loads(parent.stdout.readline() or "null")
         assert ports, parent.communicate(timeout=60)[1][-3000:]
-        with capture(ports) as packets:
+        with capture(ports, int(dbconfig.server(vendor)["PORT"])) as packets:
             parent.stdin.write("go\n")
             parent.stdin.flush()
             done = parent.stdout.readline()

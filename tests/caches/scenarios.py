@@ -14,6 +14,7 @@ server's own list of client connections (memcached's ``stats conns``).
 
 from __future__ import annotations
 
+import _thread
 import gc
 import json
 import os
@@ -169,21 +170,36 @@ def child_exits(library: str, where: str, how: str, fork: Fork = os.fork, uses: 
     return {"child_exit_status": os.waitstatus_to_exitcode(status), **parent.check()}
 
 
-def other_thread(library: str, where: str, fork: Fork = os.fork) -> Observations:
-    """Another thread's cache object (Django's caches are thread-local) holds
-    a client when the main thread forks. In the child, CPython frees that
-    thread's state, and the garbage collector the client."""
-    opened, forked = threading.Event(), threading.Event()
+def other_thread(library: str, where: str, fork: Fork = os.fork, raw: bool = False) -> Observations:
+    """Another thread's cache object (Django's caches are per thread: a
+    context variable, asgiref's Local) holds a client when the main thread
+    forks. In the child, CPython frees that thread's state, and the garbage
+    collector what only it held. `raw`: the thread is _thread's, not a
+    threading.Thread (as a C library's thread that calls into Python): from
+    CPython 3.14 a threading.Thread runs in a Context of its own that the
+    Thread object holds (Thread._context), and in a child the dead thread's
+    frames still hold the Thread, so its cache object is never freed there;
+    a raw thread's Context is held by its thread state alone, and freed with
+    it on every version."""
+    opened, forked, done = threading.Event(), threading.Event(), threading.Event()
     observations: Observations = {}
 
     def hold() -> None:
-        parent = Parent(library, where)
-        opened.set()
-        forked.wait()
-        observations.update(parent.check())
+        try:
+            parent = Parent(library, where)
+            opened.set()
+            forked.wait()
+            observations.update(parent.check())
+        finally:
+            opened.set()
+            done.set()
 
-    thread = threading.Thread(target=hold)
-    thread.start()
+    thread = None
+    if raw:
+        _thread.start_new_thread(hold, ())
+    else:
+        thread = threading.Thread(target=hold)
+        thread.start()
     opened.wait()
 
     def work() -> Observations:
@@ -192,7 +208,9 @@ def other_thread(library: str, where: str, fork: Fork = os.fork) -> Observations
 
     child = run_child(work, fork)
     forked.set()
-    thread.join()
+    done.wait()
+    if thread is not None:
+        thread.join()
     return {"child": child, **observations}
 
 
@@ -333,6 +351,7 @@ SCENARIOS: dict[str, Callable[[str, str], Observations]] = {
     "libc_fork_child_exits": lambda library, where: child_exits(library, where, "exit", libc_fork),
     "libc_fork_child_exits_unused": lambda library, where: child_exits(library, where, "exit", libc_fork, False),
     "other_thread": other_thread,
+    "other_raw_thread": lambda library, where: other_thread(library, where, raw=True),
     "fork_after_one_operation": fork_after_one_operation,
     "fork_after_one_operation_child_uses": lambda library, where: fork_after_one_operation(library, where, uses=True),
     "libc_fork_after_one_operation_child_uses": lambda library, where: fork_after_one_operation(

@@ -32,6 +32,8 @@ PG_PORT="${FORKSAFE_FORKY_PG_PORT:-15432}"
 REDIS_PORT="${FORKSAFE_FORKY_REDIS_PORT:-16379}"
 MEMCACHED_PORT="${FORKSAFE_FORKY_MEMCACHED_PORT:-11312}"
 PG_MAJOR=18
+MYSQL_SOCKET=/var/lib/forksafe-mysqld/mysqld.sock  # Inside the chroot.
+MAX_CONNECTIONS=400  # Each server's (see configure).
 PYTHON=python3.14
 # What the suite needs (as tests/machine/setup.sh on the host), the
 # interpreter and its headers (the C extension, mysqlclient, uWSGI and
@@ -112,17 +114,30 @@ configure() {
     # loopback, without TLS as on the host (the TLS tests start their own).
     [ "$(in_root pg_conftool -s "$PG_MAJOR" main show port)" = "$PG_PORT" ] \
         || in_root pg_conftool -s "$PG_MAJOR" main set port "$PG_PORT"
-    printf "listen_addresses = '127.0.0.1'\nssl = off\n" >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
+    # Room for the sessions Django leaves to the garbage collector: under
+    # ASGI each request's sync_to_async thread opens one (CONN_MAX_AGE=600),
+    # closed only when the collector frees it ("deleted while still open").
+    # On CPython 3.14, tests/test_programs.py's ASGI tests (400 requests, 3
+    # workers) went past PostgreSQL's default 100 about one run in four, even
+    # alone ("too many clients already", HTTP 500).
+    printf "listen_addresses = '127.0.0.1'\nssl = off\nmax_connections = $MAX_CONNECTIONS\n" \
+        >"$ROOT/etc/postgresql/$PG_MAJOR/main/conf.d/forksafe.conf"
     printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' \
         >"$ROOT/etc/postgresql/$PG_MAJOR/main/pg_hba.conf"
     # MariaDB on our port; root with an empty password over TCP, without TLS
-    # (11.4 and later turn it on by default), as on the host.
+    # (11.4 and later turn it on by default), as on the host. Its Unix socket
+    # outside /run, which is each run's own: a run that finds the server
+    # another run started reaches it there too (the tests connect through
+    # the path the server gives, SELECT @@socket).
     cat >"$ROOT/etc/mysql/mariadb.conf.d/99-forksafe.cnf" <<CNF
+[client-server]
+socket = $MYSQL_SOCKET
 [mysqld]
 port = $MYSQL_PORT
 bind-address = 127.0.0.1
 skip-log-bin
 skip-ssl
+max_connections = $MAX_CONNECTIONS
 [client]
 port = $MYSQL_PORT
 CNF
@@ -196,15 +211,18 @@ build_locked() {
 # root's TCP login on MariaDB, wait until all answer.
 start_servers='
 set -eu
-mariadb_up() { mariadb -h127.0.0.1 -P"$MYSQL_PORT" -uroot -e "SELECT 1" >/dev/null 2>&1; }
-mariadb_local() { mariadb --protocol=socket -uroot "$@" >/dev/null 2>&1; }
+# MariaDB 11.4 and later clients ask for TLS by default, and refuse a server
+# without it (ours, skip-ssl) even over the Unix socket: --skip-ssl, as
+# tests/dbconfig.py does.
+mariadb_up() { mariadb --skip-ssl -h127.0.0.1 -P"$MYSQL_PORT" -uroot -e "SELECT 1" >/dev/null 2>&1; }
+mariadb_local() { mariadb --skip-ssl --protocol=socket -uroot "$@"; }
 pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
 redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; }
 memcached_up() { printf "version\r\n" | timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MEMCACHED_PORT; cat >&3; head -c 7 <&3" 2>/dev/null | grep -q VERSION; }
 # Only the servers started here are stopped at the end: another run in the
 # chroot (the benchmark, a second tox) may be using those already up.
 if ! mariadb_up; then
-    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    mkdir -p /run/mysqld "$(dirname "$MYSQL_SOCKET")" && chown mysql:mysql /run/mysqld "$(dirname "$MYSQL_SOCKET")"
     # By pid file: the mariadbd of the host, same path, is visible in /proc.
     start-stop-daemon --start --background --make-pidfile --pidfile /run/mysqld/forky.pid \
         --exec /usr/sbin/mariadbd -- --user=mysql
@@ -225,20 +243,21 @@ fi
 memcached -d -u nobody -P /tmp/memcached-unix.pid -s /tmp/forksafe-memcached.sock -a 0777 -m 64
 for _ in $(seq 120); do
     # Waiting for the servers just started, bounded; not synchronising tests.
-    { mariadb_up || mariadb_local -e "SELECT 1"; } && pg_up && redis_up && memcached_up && break
+    { mariadb_up || mariadb_local -e "SELECT 1" >/dev/null 2>&1; } && pg_up && redis_up && memcached_up && break
     sleep 0.5
 done
 case "$started" in *mariadb*)  # Root over TCP with an empty password, as on the host.
-    mariadb_local -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(\"\")"
+    mariadb_local -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(\"\")" \
+        || { echo "MariaDB: cannot let root in over TCP (the server started here does not answer on its socket)" >&2; exit 1; }
 esac
 mariadb_up || { echo "MariaDB does not answer on $MYSQL_PORT" >&2; exit 1; }
 pg_up || { echo "PostgreSQL does not answer on $PG_PORT" >&2; exit 1; }
 # The suite s role, tests/dbconfig.py s defaults (as tests/machine/setup.sh
 # makes it on the host), through each server s local admin access, by the run
-# that started the server (another run s /run, and its sockets, are its own).
+# that started the server (another run s /run, and PostgreSQL s socket there, are its own).
 case "$started" in *mariadb*)
     for host in localhost 127.0.0.1 ::1; do
-        mariadb --protocol=socket -uroot -e "CREATE USER IF NOT EXISTS \"forksafe\"@\"$host\"
+        mariadb_local -e "CREATE USER IF NOT EXISTS \"forksafe\"@\"$host\"
             IDENTIFIED BY \"forksafe\"; GRANT ALL PRIVILEGES ON *.* TO \"forksafe\"@\"$host\";" \
             || { echo "MariaDB: cannot create the role forksafe" >&2; exit 1; }
     done
@@ -254,7 +273,13 @@ memcached_up || { echo "memcached does not answer on $MEMCACHED_PORT" >&2; exit 
 '
 
 stop_servers='
-case "$started" in *mariadb*) mariadb-admin --protocol=socket -uroot shutdown 2>/dev/null ;; esac
+set +e  # Each server stopped whatever became of the others (start_servers set -e).
+# By its pid file if it does not take a shutdown: a server left running would
+# hold the port, and its socket be out of the next run s reach.
+case "$started" in *mariadb*)
+    mariadb-admin --skip-ssl --protocol=socket -uroot shutdown 2>/dev/null \
+        || start-stop-daemon --stop --quiet --pidfile /run/mysqld/forky.pid --retry TERM/60/KILL/5 ;;
+esac
 case "$started" in *postgresql*) pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main stop -m fast 2>/dev/null ;; esac
 case "$started" in *redis*) redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave 2>/dev/null ;; esac
 for pidfile in /tmp/memcached-tcp.pid /tmp/memcached-unix.pid; do
@@ -285,7 +310,7 @@ run() {  # COMMAND...: inside the chroot, in the source tree, servers up.
     # The servers are started here and stopped at the end (/run and /tmp are
     # fresh: no stale pid file or socket from an earlier run).
     local settings=(
-        MYSQL_PORT="$MYSQL_PORT" PG_PORT="$PG_PORT" REDIS_PORT="$REDIS_PORT" MEMCACHED_PORT="$MEMCACHED_PORT"
+        MYSQL_PORT="$MYSQL_PORT" MYSQL_SOCKET="$MYSQL_SOCKET" PG_PORT="$PG_PORT" REDIS_PORT="$REDIS_PORT" MEMCACHED_PORT="$MEMCACHED_PORT"
         PG_MAJOR="$PG_MAJOR"
     )
     local forward=(
@@ -348,7 +373,7 @@ env)
         && pg_isready -q -h "${FORKSAFE_PG_HOST:-127.0.0.1}" -p "${FORKSAFE_PG_PORT:-5432}" 2>/dev/null \
         && [ "$(psql -h "${FORKSAFE_PG_HOST:-127.0.0.1}" -p "${FORKSAFE_PG_PORT:-5432}" -U "${FORKSAFE_PG_USER:-postgres}" \
             -d postgres -tAc 'SHOW server_version_num' 2>/dev/null || echo 0)" -ge "${PG_MAJOR}0000" ] \
-        && mariadb -h "${FORKSAFE_MYSQL_HOST:-127.0.0.1}" -P "${FORKSAFE_MYSQL_PORT:-3306}" -u "${FORKSAFE_MYSQL_USER:-root}" \
+        && mariadb --skip-ssl -h "${FORKSAFE_MYSQL_HOST:-127.0.0.1}" -P "${FORKSAFE_MYSQL_PORT:-3306}" -u "${FORKSAFE_MYSQL_USER:-root}" \
             -N -e 'SELECT VERSION()' 2>/dev/null | grep -qE '^(11\.([89]|[1-9][0-9])|1[2-9]\.)'; then
         echo py314-django61
     else
