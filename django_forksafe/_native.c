@@ -17,7 +17,7 @@
  * end of file, and poll() says POLLHUP at once.
  *
  * What it may do: async-signal-safe system calls only (man 7 signal-safety):
- * getpid, open, read, poll, select, getpeername, fstat, fcntl, socket, dup3,
+ * getpid, open, read, poll, select, getpeername, fstat, fcntl, socketpair, dup3,
  * close; each retried when a signal interrupts it (EINTR).
  *
  * What it may not do: call Python, allocate, take a lock, or touch anything
@@ -208,6 +208,18 @@ is_database_peer(const struct sockaddr_storage *peer, socklen_t length)
     return 0;
 }
 
+/* A new dead end (see above), or -1. */
+static int
+new_dead_end(void)
+{
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+        return -1;
+    }
+    close(pair[1]);
+    return pair[0];
+}
+
 /* A dead end to put over a database socket: the parent's, if the number still
  * holds it, else one made here. -1 if none can be had (out of descriptors):
  * the socket is then left as it is, and the Python handler keeps the
@@ -221,13 +233,11 @@ dead_end(int *made_here)
         && st.st_dev == dead_dev && st.st_ino == dead_ino) {
         return dead_fd;
     }
-    int pair[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
-        return -1;
+    int made = new_dead_end();
+    if (made >= 0) {
+        *made_here = 1;
     }
-    close(pair[1]);
-    *made_here = 1;
-    return pair[0];
+    return made;
 }
 
 static void
@@ -711,12 +721,7 @@ PyInit__native(void)
             }
         }
         struct stat st;
-        int pair[2];
-        int made = -1;
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0) {
-            close(pair[1]);
-            made = pair[0];
-        }
+        int made = new_dead_end();
         if (made >= 0) {
             if (fstat(made, &st) == 0) {
                 dead_fd = made;
