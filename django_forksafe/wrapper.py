@@ -103,10 +103,11 @@ class ForkSafeMixin(BaseDatabaseWrapper):
 
     def validate_no_broken_transaction(self) -> None:
         # Every execute() of a cursor, one held across the fork included.
+        # With the C extension, its own (installed below) does the same.
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
         if self.needs_rollback:
-            super().validate_no_broken_transaction()
+            _raise_broken_transaction(self)
 
     def connect(self) -> None:
         registry.invalidate_if_forked()
@@ -199,6 +200,42 @@ class ForkSafeMixin(BaseDatabaseWrapper):
         self.autocommit = False  # As before the first connect().
         self.errors_occurred = False
         self.health_check_done = False
+
+
+def _raise_broken_transaction(wrapper: ForkSafeMixin) -> None:
+    super(ForkSafeMixin, wrapper).validate_no_broken_transaction()
+
+
+def _connect_through_django(wrapper: Any) -> None:
+    """Django's ensure_connection() (whose body is `if self.connection is
+    None: <connect>`; tests/test_django_internals.py pins it), for the
+    written-out check below, once it has found no connection. Looked up
+    through super() when it runs, so that a patch of
+    BaseDatabaseWrapper.ensure_connection applies, as to Django's wrappers:
+    SimpleTestCase's (a function), or a test's mock (no descriptor: called
+    unbound, as super() returns it). A patch that calls back the method it
+    replaced, taken from the connection before patching, reaches the check
+    again: that call connects, as Django's own would have (its test_utils
+    does this). Only Django's follows ForkSafeMixin where this is used (the
+    check is written out only then), so super() reaches Django's."""
+    if wrapper.__dict__.get("_forksafe_connecting"):
+        _DJANGOS_ENSURE_CONNECTION(wrapper)
+        return
+    wrapper._forksafe_connecting = True
+    try:
+        super(ForkSafeMixin, wrapper).ensure_connection()
+    finally:
+        wrapper._forksafe_connecting = False
+
+
+# With the C extension, the two checks on every query's path are its own
+# methods (see _native.c): the mark read in C, the rest as above.
+_NATIVE_ENSURE_CONNECTION: Any = None
+if NATIVE is not None and PROCESS_MARK is NATIVE.PROCESS_MARK:
+    _NATIVE_ENSURE_CONNECTION, _native_validate = NATIVE.query_path_methods(
+        BaseDatabaseWrapper, registry.invalidate_if_forked, _connect_through_django, _raise_broken_transaction
+    )
+    setattr(ForkSafeMixin, "validate_no_broken_transaction", _native_validate)  # noqa: B010
 
 
 class _CheckedDatabaseErrorWrapper(DatabaseErrorWrapper):
@@ -317,31 +354,20 @@ def _check_ensure_connection(cls: type[Any]) -> None:
     if own is None and _inherited(cls, "ensure_connection", target):
         return  # A fork-safe base class's does it already.
     if own is None and target is BaseDatabaseWrapper.ensure_connection:
-        # Written out rather than called through super(), which would add a
-        # frame to every query (2.4 % more instructions per SQLite query);
-        # tests/test_django_internals.py pins Django's body that this relies on.
-        # Django's body is `if self.connection is None: <connect>`. The
-        # connecting part is looked up through super() when it runs, so that
-        # a patch of BaseDatabaseWrapper.ensure_connection applies, as to
-        # Django's wrappers: SimpleTestCase's (a function), or a test's mock
-        # (no descriptor: called unbound, as super() returns it). A patch that
-        # calls back the method it replaced, taken from the connection before
-        # patching, reaches this one again: that call connects, as Django's
-        # own would have (its test_utils does this). Only Django's and ours
-        # follow in the MRO, so super() reaches Django's.
-        @async_unsafe
-        def ensure_connection(self: Any) -> None:
-            if not PROCESS_MARK[0]:
-                registry.invalidate_if_forked()
-            if self.connection is None:
-                if self.__dict__.get("_forksafe_connecting"):
-                    _DJANGOS_ENSURE_CONNECTION(self)
-                    return
-                self._forksafe_connecting = True
-                try:
-                    super(cls, self).ensure_connection()
-                finally:
-                    self._forksafe_connecting = False
+        # Django's body written out rather than called through super(), which
+        # would add a frame to every query (2.4 % more instructions per SQLite
+        # query); the connecting part is Django's, through super() (see
+        # _connect_through_django). With the C extension, its own.
+        if _NATIVE_ENSURE_CONNECTION is not None:
+            ensure_connection = async_unsafe(_NATIVE_ENSURE_CONNECTION)
+        else:
+
+            @async_unsafe
+            def ensure_connection(self: Any) -> None:
+                if not PROCESS_MARK[0]:
+                    registry.invalidate_if_forked()
+                if self.connection is None:
+                    _connect_through_django(self)
 
         setattr(cls, "ensure_connection", _installed(ensure_connection, "ensure_connection", target))  # noqa: B010
         return
