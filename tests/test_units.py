@@ -193,6 +193,33 @@ def test_the_c_extension_knows_a_connection_to_a_recorded_server() -> None:
     assert reference() is not None  # Never freed: its deallocator never runs.
 
 
+def test_a_peer_not_read_at_first_is_read_at_the_next_checkout(caplog: pytest.LogCaptureFixture) -> None:
+    """A pool hands the same raw connection out again and again: one whose
+    server address could not be read the first time (its socket not
+    connected yet, here) is looked at again at its next checkout, and
+    recorded then. Only a recorded one is passed over after."""
+    import logging
+    import socket
+
+    class RawConnection:  # A pure-Python driver's: its socket object as _sock (PyMySQL).
+        def __init__(self) -> None:
+            self._sock = socket.socket()
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        raw = RawConnection()
+        try:
+            with caplog.at_level(logging.WARNING, logger="django_forksafe"):
+                endpoints.remember_peer(raw, "mysql")
+            assert "could not read the server address" in caplog.text
+            raw._sock.connect(server.getsockname())
+            peer = endpoints.peer_of(raw._sock)
+            assert peer is not None and not endpoints.is_server(peer)
+            endpoints.remember_peer(raw, "mysql")  # Its next checkout.
+            assert endpoints.is_server(peer)
+        finally:
+            raw._sock.close()
+
+
 def test_a_failure_during_invalidation_is_logged_and_the_rest_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     from django_forksafe.registry import logged
 
