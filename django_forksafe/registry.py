@@ -170,9 +170,12 @@ def invalidate_inherited(send_post_fork: bool = True) -> Invalidation:
     if parent_pid != pid and send_post_fork:
         # Another thread of the parent may have held the signal's lock at fork time.
         post_fork.lock = threading.Lock()
-        for receiver, result in post_fork.send_robust(None, parent_pid=parent_pid, aliases=aliases):
-            if isinstance(result, Exception):
-                logger.error("post_fork receiver %r failed", receiver, exc_info=result)
+        # With no receiver, send_robust() returns at once: not calling it
+        # spares a fresh child the copy of the pages its code sits on.
+        if post_fork.receivers:
+            for receiver, result in post_fork.send_robust(None, parent_pid=parent_pid, aliases=aliases):
+                if isinstance(result, Exception):
+                    logger.error("post_fork receiver %r failed", receiver, exc_info=result)
     return Invalidation(parent_pid, aliases)
 
 

@@ -158,39 +158,46 @@ def syscalls(vendor: str, variant: str, queries: int) -> dict[str, int]:
     return counts
 
 
-def instructions(vendor: str, variant: str, queries: int, seed: int) -> int:
-    """Instructions (callgrind) of a process that runs `queries` queries."""
+def instructions(vendor: str, variant: str, queries: int, layout: tuple[int, int]) -> int:
+    """Instructions (callgrind) of a process that runs `queries` queries, in
+    the process layout `layout` (see LAYOUTS)."""
+    seed, padding = layout
     process = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
          "tests.benchmarks.overhead", "--queries-only", vendor, variant, str(queries)],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": str(seed), "FORKSAFE_BENCHMARK_PADDING": "x" * padding},
     )
     return int(process.stderr.rsplit("Collected : ", 1)[1].split()[0])
 
 
-def instructions_per_query(vendor: str, variant: str, seed: int = 0) -> float:
-    """Deterministic for a given hash seed, unlike time: the difference
-    between 5000 queries and 1000. The hash seed moves where objects land
-    (dict and set layouts, the allocator's pools): the count with it."""
-    return (instructions(vendor, variant, 5000, seed) - instructions(vendor, variant, 1000, seed)) / 4000
+def instructions_per_query(vendor: str, variant: str, layout: tuple[int, int] = (0, 0)) -> float:
+    """Deterministic for a given layout, unlike time: the difference between
+    3000 queries and 1000, per query."""
+    return (instructions(vendor, variant, 3000, layout) - instructions(vendor, variant, 1000, layout)) / 2000
 
 
-# The hash seeds the instruction counts are taken with: their spread is how
-# far the count moves with the process's layout alone.
-SEEDS = (0, 1, 2)
+# The process layouts the instruction counts are taken in: a hash seed and
+# the length of an environment variable. Both move where objects land (dict
+# layouts, the allocator's pools, the interned names whose addresses CPython's
+# type attribute cache hashes): a name that collides there with another on
+# every query costs it hundreds of instructions, in one layout and not the
+# next, plain or not. Their spread is how far the count moves with the
+# layout alone; the median across them is the figure.
+LAYOUTS = ((0, 0), (1, 57), (2, 133), (3, 250), (4, 777), (5, 1500))
 
 
 def report_instructions() -> None:
-    print("\ninstructions per query (callgrind), SQLite file on tmpfs, by PYTHONHASHSEED:")
+    print("\ninstructions per query (callgrind), SQLite file on tmpfs, by layout (hash seed, padding):")
     if not shutil.which("valgrind"):
         print("  skipped: valgrind is not installed (make benchmark installs it on Debian as root)")
         return
     ratios = []
-    for seed in SEEDS:
-        variants = ("plain", "forksafe", "getpid") if seed == SEEDS[0] else ("plain", "forksafe")
-        executed = {variant: instructions_per_query("sqlite3", variant, seed) for variant in variants}
+    for layout in LAYOUTS:
+        variants = ("plain", "forksafe", "getpid") if layout == LAYOUTS[0] else ("plain", "forksafe")
+        executed = {variant: instructions_per_query("sqlite3", variant, layout) for variant in variants}
         ratios.append(executed["forksafe"] / executed["plain"])
-        print(f"  seed {seed}: " + ", ".join(
+        print(f"  {layout}: " + ", ".join(
             f"{variant} {count:.0f} ({count / executed['plain']:.4f})" for variant, count in executed.items()
         ))
     print(f"  forksafe / plain: median {statistics.median(ratios):.4f}, from {min(ratios):.4f} to {max(ratios):.4f}")
