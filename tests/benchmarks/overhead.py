@@ -276,6 +276,12 @@ def main() -> None:
           f"django_forksafe {'with' if detection.NATIVE is not None else 'WITHOUT'} its C extension, "
           f"fork detection {detection.METHOD}")
     available = [v for v in ("sqlite3", *dbconfig.SERVER_VENDORS) if not dbconfig.unreachable_reason(v)]
+    for vendor in [v for v in available if v != "sqlite3"]:
+        try:  # A fresh server (MariaDB 11.8's) has no "test" database.
+            dbconfig.create_test_database(vendor)
+        except RuntimeError as error:
+            print(f"{vendor} left out: {error}")
+            available.remove(vendor)
     if "queries" in sections:
         report_queries(available, args.rounds)
     if "instructions" in sections:
