@@ -31,11 +31,14 @@ fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 cp /etc/hosts "$root/etc/hosts"
 install -D -m 644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/host-ca-certificates.crt"
-# The processes running in this root: the servers make started there.
+# The processes running in this root, or in a root under it (make test's
+# forky chroot, built inside): the servers make started there.
 inside() {
-    local proc
+    local proc where top
+    top="$(realpath "$root")"
     for proc in /proc/[0-9]*; do
-        [ "$(readlink "$proc/root" 2>/dev/null)" = "$(realpath "$root")" ] && echo "${proc#/proc/}"
+        where="$(readlink "$proc/root" 2>/dev/null)" || continue
+        case "$where" in "$top" | "$top"/*) echo "${proc#/proc/}" ;; esac
     done
 }
 mounted=()
@@ -69,10 +72,15 @@ for where in proc dev dev/pts dev/shm; do
     mounted+=("$root/$where")
 done
 # Other ports than the defaults: the chroot shares the host's network, and
-# the host's servers may hold 3306, 5432, 6379 and 11311. They must be free:
-# else make would find another machine's servers there and test those.
+# the host's servers may hold 3306, 5432, 6379 and 11311, the host's forky
+# chroot's (tests/machine/forky.sh) 13306, 15432, 16379 and 11312. They must
+# be free: else make would find another machine's servers there and test
+# those. The forky chroot that make test builds inside gets its own too.
 ports=(FORKSAFE_MYSQL_PORT="${FORKSAFE_MYSQL_PORT:-23306}" FORKSAFE_PG_PORT="${FORKSAFE_PG_PORT:-25432}"
-    FORKSAFE_REDIS_PORT="${FORKSAFE_REDIS_PORT:-26379}" FORKSAFE_MEMCACHED_PORT="${FORKSAFE_MEMCACHED_PORT:-21511}")
+    FORKSAFE_REDIS_PORT="${FORKSAFE_REDIS_PORT:-26379}" FORKSAFE_MEMCACHED_PORT="${FORKSAFE_MEMCACHED_PORT:-21511}"
+    FORKSAFE_FORKY_MYSQL_PORT="${FORKSAFE_FORKY_MYSQL_PORT:-23307}" FORKSAFE_FORKY_PG_PORT="${FORKSAFE_FORKY_PG_PORT:-25433}"
+    FORKSAFE_FORKY_REDIS_PORT="${FORKSAFE_FORKY_REDIS_PORT:-26380}"
+    FORKSAFE_FORKY_MEMCACHED_PORT="${FORKSAFE_FORKY_MEMCACHED_PORT:-21512}")
 for setting in "${ports[@]}"; do
     python3 -c 'import socket, sys; socket.create_server(("127.0.0.1", int(sys.argv[1]))).close()' "${setting#*=}" 2>/dev/null \
         || { echo "--- port ${setting#*=} is taken on this host: choose another with ${setting%=*}=..." >&2; exit 1; }

@@ -99,12 +99,17 @@ in_root() {  # COMMAND... run inside the chroot, /proc, /dev and /sys bound.
     ' in_root "$ROOT" "$@"
 }
 
-# The host's CA bundle (a proxy's CA included) for pip inside.
+# The host's CA bundle (a proxy's CA included) for pip inside: the one pip
+# is told to trust here (PIP_CERT, as tests/machine/chroot.sh gives the
+# host's to a chroot whose own lacks the proxy's CA), else the system's.
 copy_certificates() {
-    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    local bundle
+    for bundle in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do
+        [ -n "$bundle" ] && [ -f "$bundle" ] || continue
         mkdir -p "$ROOT/etc/forksafe"
-        cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/forksafe/ca-certificates.crt"
-    fi
+        cp "$bundle" "$ROOT/etc/forksafe/ca-certificates.crt"
+        return 0
+    done
 }
 
 # The servers' settings, written at every run (cheap; a change needs no
