@@ -301,3 +301,28 @@ def test_a_backends_own_database_error_wrapper_is_left_as_it_is() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert process.stdout.split() == ["_CheckedDatabaseErrorWrapper", "OwnErrors"], process.stderr
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_a_built_forky_chroot_is_a_full_environment(built: bool, tmp_path: Any) -> None:
+    """make test adds this Python's full environment where none of the full
+    ones asked for has its interpreter, unless the forky chroot, which runs
+    the whole suite, is built (the fresh-Debian proof ran both, 35 minutes
+    more)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if built:
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "django-forksafe-forky").write_text("")
+    script = Path(__file__).parent / "machine" / "interpreters.py"
+    process = subprocess.run(
+        [sys.executable, str(script), "select", "forky,py399-django52-core,unit"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "CI": "", "FORKSAFE_FORKY_ROOT": str(tmp_path)},
+    )
+    chosen = process.stdout.strip().split(",")
+    assert ("forky" in chosen and "unit" in chosen and "py399-django52-core" not in chosen)
+    assert (len(chosen) == 2) is built, chosen

@@ -48,6 +48,14 @@ def stand_in() -> str:
     return f"py3{version[1]}-django{django}"
 
 
+def forky_built() -> bool:
+    """Whether the newest stack's chroot is built here (tests/machine/forky.sh
+    leaves its stamp once it is): the forky environment then runs the whole
+    suite, and is a full environment."""
+    root = os.environ.get("FORKSAFE_FORKY_ROOT", "/var/lib/django-forksafe/forky")
+    return os.path.isfile(os.path.join(root, "etc/django-forksafe-forky"))
+
+
 def select(envs: list[str]) -> list[str]:
     absent = missing(envs)
     if absent and in_ci():
@@ -57,7 +65,7 @@ def select(envs: list[str]) -> list[str]:
             + f"; get them with: {fix(absent)}"
         )
     chosen = [env for env in envs if env not in absent]
-    full = [env for env in chosen if re.fullmatch(r"py3\d+-django\d+", env)]
+    full = [env for env in chosen if re.fullmatch(r"py3\d+-django\d+", env) or (env == "forky" and forky_built())]
     if absent and not full and not missing([stand_in()]):
         chosen.insert(0, stand_in())
         print(f"--- none of the full test environments has its Python here: running {stand_in()}", file=sys.stderr)
