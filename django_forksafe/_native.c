@@ -18,7 +18,9 @@
  *
  * What it may do: async-signal-safe system calls only (man 7 signal-safety):
  * getpid, open, read, poll, select, getpeername, fstat, fcntl, socketpair, dup3,
- * close; each retried when a signal interrupts it (EINTR).
+ * close; each retried when a signal interrupts it (EINTR). And, first, on
+ * CPython 3.13 and later, what os.fork() does for CPython's locks in every
+ * child (parking_lot_after_fork, below): a fork behind Python's back skips it.
  *
  * What it may not do: call Python, allocate, take a lock, or touch anything
  * but the descriptors it silences. Django's state (wrappers, pools,
@@ -50,6 +52,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -379,12 +382,26 @@ descriptor_bound(void)
     return descriptor_table_size();
 }
 
+/* CPython 3.13 and later keep, for each thread waiting on a lock, an entry
+ * in a table (the parking lot) that points into that thread's stack. In a
+ * child only the forking thread is left: os.fork() empties the table
+ * (PyOS_AfterFork_Child calls _PyParkingLot_AfterFork), a fork behind
+ * Python's back does not, and the child's first unlock of such a lock hands
+ * it to a thread that does not exist (taking it then waits for ever) or
+ * wakes a waiter on a stack no thread runs on. The handler does what
+ * os.fork() does, for every child: emptying the table is memory writes
+ * alone. Found at import (CPython exports it); NULL before 3.13. */
+static void (*parking_lot_after_fork)(void);
+
 static void
 silence_in_child(void)
 {
     int saved_errno = errno;
     int dead = -1, made_here = 0;
 
+    if (parking_lot_after_fork != NULL) {
+        parking_lot_after_fork();
+    }
     silenced_count = 0;
     scan_failed = 0;
     forked_from = own_pid;
@@ -850,6 +867,9 @@ PyInit__native(void)
                 close(made);
             }
         }
+#if PY_VERSION_HEX >= 0x030D0000
+        *(void **)(&parking_lot_after_fork) = dlsym(RTLD_DEFAULT, "_PyParkingLot_AfterFork");
+#endif
         int error = pthread_atfork(before_fork, NULL, silence_in_child);
         if (error != 0) {
             Py_DECREF(module);

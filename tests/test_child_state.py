@@ -432,3 +432,77 @@ def test_control_exit_frees_parents_connection() -> None:
     # psycopg sends nothing from its deallocator, so only MySQL has a control.
     result = run("exit_signal_during_invalidation", "mysql", "plain")
     assert result["parent_lost_after_landing_at"] == 1
+
+
+# A lock a thread of the parent waits on, released by a child forked through
+# libc: on CPython 3.13 and later the waiting thread's entry in CPython's
+# parking lot outlives the fork, and from 3.14 a release hands the lock to
+# that thread (it waited over 1 ms: CPython's fairness rule), which does not
+# exist in the child: the child can never take it again. os.fork() clears
+# the parking lot; the C extension's fork handler does the same for every
+# child. Prints whether the child took the lock again.
+LOCK_A_PARENT_THREAD_WAITED_ON = r"""
+import ctypes, json, os, platform, threading, time
+import django_forksafe.detection
+FUTEX = {"x86_64": 202, "aarch64": 98}[platform.machine()]
+lock = threading.Lock()
+lock.acquire()
+started = threading.Event()
+def wait_for_the_lock():
+    started.set()
+    lock.acquire()
+waiting = threading.Thread(target=wait_for_the_lock, daemon=True)
+waiting.start()
+started.wait()
+def parked():  # Asleep in the kernel on a futex: parked, no longer spinning.
+    with open(f"/proc/self/task/{waiting.native_id}/syscall") as status:
+        return status.read().split()[0] == str(FUTEX)
+while not parked():
+    time.sleep(0.001)
+since = time.monotonic()
+while time.monotonic() < since + 0.005:  # Past CPython's 1 ms: a release hands the lock over.
+    time.sleep(0.001)
+read_end, write_end = os.pipe()
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    lock.release()
+    os.write(write_end, b"1" if lock.acquire(timeout=2) else b"0")
+    os._exit(0)
+os.close(write_end)
+took = os.read(read_end, 1) == b"1"
+os.waitpid(pid, 0)
+print(json.dumps({"child_took_the_lock": took}))
+"""
+
+
+def child_takes_a_lock_a_parent_thread_waited_on(native: str) -> bool:
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from tests import IMPORT_PATH
+
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("the futex system call's number is known here for x86_64 and aarch64 only")
+    process = subprocess.run(
+        [sys.executable, "-c", LOCK_A_PARENT_THREAD_WAITED_ON],
+        capture_output=True, text=True, timeout=60, cwd=IMPORT_PATH,
+        env={**os.environ, "DJANGO_FORKSAFE_NATIVE": native},
+    )
+    assert process.returncode == 0, process.stderr
+    return bool(json.loads(process.stdout.strip().splitlines()[-1])["child_took_the_lock"])
+
+
+def test_child_forked_behind_pythons_back_takes_a_lock_a_parent_thread_waited_on() -> None:
+    require_native()
+    assert child_takes_a_lock_a_parent_thread_waited_on("1")
+
+
+def test_control_child_forked_behind_pythons_back_cannot_take_a_lock_a_parent_thread_waited_on() -> None:
+    import sys
+
+    if sys.version_info < (3, 14):
+        pytest.skip("from CPython 3.14 a release hands the lock to the parked thread (3.13.0 does not show it here)")
+    assert not child_takes_a_lock_a_parent_thread_waited_on("0")
