@@ -23,7 +23,8 @@
  * child (parking_lot_after_fork, below): a fork behind Python's back skips it.
  *
  * What it may not do: call Python, allocate, take a lock, or touch anything
- * but the descriptors it silences. Django's state (wrappers, pools,
+ * but the descriptors it silences (and CPython's parking lot, as os.fork()
+ * does, with memory writes alone). Django's state (wrappers, pools,
  * transactions, SQLite handles) is the Python at-fork handler's and the
  * checkout check's (django_forksafe.registry).
  *
