@@ -7,8 +7,10 @@ The helpers for real programs on testproject/ are in tests/programs.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,18 +74,70 @@ def run(
     needed = dbconfig.SERVER_VENDORS if scenario == "several_aliases" else (vendor,)
     for name in needed:
         require_server(name)
-    process = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "tests.hazards", scenario, vendor, engine],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         cwd=IMPORT_PATH,
         env={**os.environ, "PYTHONPATH": IMPORT_PATH, **env},
     )
-    assert process.returncode == 0, process.stderr
-    result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = process.communicate(timeout=SCENARIO_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{scenario} hung; where each of its processes was:\n{dump_and_kill(process)}")
+    assert process.returncode == 0, stderr
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     assert allow_child_error or "child_error" not in result, result
     return result
+
+
+SCENARIO_TIMEOUT = 280  # Seconds: a hang, not a slow run (the slowest take 20 s loaded).
+DUMP_SIGNAL = signal.SIGUSR1  # tests.hazards.__main__ makes it dump every thread's stack.
+
+
+def descendants(pid: int) -> list[int]:
+    """pid's living descendants, read from /proc, parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The parent pid follows the command's closing parenthesis.
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        offspring = children.get(pending.pop(0), [])
+        found.extend(offspring)
+        pending.extend(offspring)
+    return found
+
+
+def dump_and_kill(process: subprocess.Popen[str]) -> str:
+    """Ask a hung scenario and its children for their stacks (on the stderr
+    they share), then kill them all; returns what they wrote."""
+    family = [process.pid, *descendants(process.pid)]
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, DUMP_SIGNAL)
+    try:
+        # The dumps are written by the signal handler at once; a process
+        # that cannot run it (stuck in C with signals blocked) is killed.
+        _, stderr = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+    else:
+        for pid in family[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return stderr
 
 
 MECHANISMS = pytest.mark.parametrize("native", ["1", "0"], ids=["native", "pure-python"])

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 
 from tests.hazards import early
 
+# A scenario that hangs is asked for every thread's stack by tests.utils.run()
+# (its forked children inherit the handler). No thread is started for it.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 early.install(sys.argv[1])  # Before django-forksafe registers its own at-fork handler.
 
 from django_forksafe import detection  # noqa: E402
