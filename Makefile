@@ -1,9 +1,12 @@
 # make demo: forksafe_check on testproject/, plain ENGINE vs forksafe ENGINE,
 # on SQLite first (no server), then MariaDB and PostgreSQL.
-# make test: the test suite, on the oldest and the newest supported versions
-# (the newest in a Debian chroot where this machine lacks it).
+# make test: the test suite on the tox environments TEST_ENVS names (below):
+# the newest Python and Django with everything (in a Debian chroot where this
+# machine lacks them), the oldest without the real programs and third-party
+# backends, psycopg2, SpatiaLite, types and lint; not Django 6.0 (by name).
 # make benchmark: docs/performance.rst's figures.
-# Both set up what they need first (see tests/machine/setup.sh).
+# make test and make benchmark set up what they need first (see
+# tests/machine/setup.sh).
 
 PYTHON ?= python3
 VENV := .venv
