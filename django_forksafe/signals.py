@@ -24,9 +24,12 @@ class _PostForkSignal(Signal):
 #: or in ``AppConfig.ready()``); else, and after a fork behind Python's back
 #: (uWSGI without ``--py-call-osafterfork``, a C extension, libc's
 #: ``fork()``), at the child's first use of a database connection or
-#: fork-safe cache. Forks are told apart by the process mark (see
-#: :doc:`how-it-works`), not by comparing process IDs. Never sent at exit: a
-#: child that never uses the database is not told.
+#: fork-safe cache. Forks are told apart by the process mark (a page the
+#: kernel zeroes in every child, or ``os.getpid()`` compared where the kernel
+#: refuses it: see :doc:`how-it-works`), not by process IDs recorded with
+#: connections. Never sent at exit: a child not told at the fork (forked
+#: behind Python's back, or before any receiver was connected) that never
+#: uses the database is never told.
 #:
 #: Arguments: ``sender`` (``None``), ``parent_pid`` (``int``, the process it
 #: forked from; without the C extension, after a fork behind Python's back by
