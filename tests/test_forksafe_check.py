@@ -127,6 +127,13 @@ def test_unknown_alias() -> None:
     assert "Unknown database alias 'nosuch'. Configured: default." in process.stderr
 
 
+def test_bad_arguments() -> None:
+    # argparse's usage error, as docs/api.rst says: 2, not CommandError's 1.
+    process = manage("sqlite3", "forksafe", "forksafe_check", "--format", "xml", check=False, timeout=600)
+    assert process.returncode == 2
+    assert "argument --format: invalid choice: 'xml'" in process.stderr
+
+
 def test_system_check_warns_about_plain_engine() -> None:
     require_native()  # Else I001 says the extension is not in use.
     plain = manage("sqlite3", "plain", "check", check=False, timeout=600)
