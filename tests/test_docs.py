@@ -130,3 +130,33 @@ def test_every_environment_variable_is_documented() -> None:
     read = {name for source in sources for name in re.findall(r"DJANGO_FORKSAFE_[A-Z_]+", source.read_text())}
     documented = set(re.findall(r"^\.\. envvar:: (DJANGO_FORKSAFE_[A-Z_]+)$", (DOCS / "api.rst").read_text(), re.M))
     assert read == documented
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.rst", DOCS / "quickstart.rst"], ids=lambda page: page.name)
+def test_forksafe_check_examples_are_its_output(page: Path) -> None:
+    """The header lines of forksafe_check's table (a line cut at "[...]"
+    being a prefix of the real one) and its hazards, in its order."""
+    from django_forksafe import detection
+    from django_forksafe.hazards import HAZARDS
+    from django_forksafe.management.commands.forksafe_check import START_METHODS
+
+    header = [
+        f"Fork detection: {detection.WIPEONFORK} ({detection.DESCRIPTION[detection.WIPEONFORK]})",
+        "Mechanism: C extension: every inherited database socket silenced inside fork()",
+        f"multiprocessing start method: fork ({START_METHODS['fork']})",
+    ]
+    lines = [line.strip() for line in page.read_text().splitlines()]
+    start = lines.index(header[0])
+    for shown, real in zip(lines[start : start + 3], header, strict=True):
+        assert real.startswith(shown.removesuffix(" [...]")), shown
+    tables = [number for number, line in enumerate(lines) if line.startswith("default  (")]
+    assert tables
+    for number in tables:
+        shown = [line.split("  ")[0] for line in lines[number + 1 : number + 1 + len(HAZARDS)]]
+        assert shown == list(HAZARDS)
+
+
+def test_the_mechanism_line_is_the_c_extensions() -> None:
+    # The example's text, as detection.py writes it (chosen at import).
+    source = (ROOT / "django_forksafe" / "detection.py").read_text()
+    assert '"C extension: every inherited database socket silenced inside fork()"' in source
