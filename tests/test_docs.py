@@ -160,3 +160,16 @@ def test_the_mechanism_line_is_the_c_extensions() -> None:
     # The example's text, as detection.py writes it (chosen at import).
     source = (ROOT / "django_forksafe" / "detection.py").read_text()
     assert '"C extension: every inherited database socket silenced inside fork()"' in source
+
+
+def test_readme_instruction_count_is_performance_pages() -> None:
+    """The README's instruction figures are performance.rst's medians and ranges."""
+    median = next(
+        line for line in (DOCS / "performance.rst").read_text().splitlines() if line.startswith("median ")
+    )
+    sign = "[+\u2212-]"  # The pages write a minus as U+2212.
+    figures = re.findall(rf"\*\*({sign}[\d.]+ %)\*\* \(({sign}[\d.]+) to ({sign}[\d.]+ %)\)", median)
+    assert len(figures) == 2, median
+    readme = " ".join((ROOT / "README.rst").read_text().split())
+    for value, low, high in figures:
+        assert f"{value} " in readme and f"from {low} to {high}" in readme, (value, low, high)
