@@ -33,9 +33,12 @@ class ForkSafeMixin(BaseDatabaseWrapper):
     Records which process opened each connection, and lets a child process
     drop inherited connections without sending anything to the server.
 
-    Forks through Python are handled by the at-fork handler (see registry).
-    Every other fork is noticed at the first use of the wrapper's state,
-    before any byte is sent: ensure_connection() (every cursor, chunked or
+    With the C extension, every fork has the inherited database sockets
+    silenced inside fork() itself; without it, a fork through Python is
+    handled by the at-fork handler (see registry). Otherwise, and for
+    Django's state with the C extension (unless post_fork has receivers),
+    the fork is noticed at the first use of the wrapper's state, before any
+    byte is sent: ensure_connection() (every cursor, chunked or
     not, autocommit, ``connection.connection`` after it), a cursor held
     across the fork executing again, in_atomic_block and atomic_blocks (what
     atomic() decides from), commit and rollback, the health-check ping,
