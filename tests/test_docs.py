@@ -164,9 +164,8 @@ def test_the_mechanism_line_is_the_c_extensions() -> None:
 
 def test_readme_instruction_count_is_performance_pages() -> None:
     """The README's instruction figures are performance.rst's medians and ranges."""
-    median = next(
-        line for line in (DOCS / "performance.rst").read_text().splitlines() if line.startswith("median ")
-    )
+    lines = (DOCS / "performance.rst").read_text().splitlines()
+    median = next(line for line in lines if line.startswith("median "))
     sign = "[+\u2212-]"  # The pages write a minus as U+2212.
     figures = re.findall(rf"\*\*({sign}[\d.]+ %)\*\* \(({sign}[\d.]+) to ({sign}[\d.]+ %)\)", median)
     assert len(figures) == 2, median
