@@ -152,8 +152,8 @@ def test_forksafe_check_examples_are_its_output(page: Path) -> None:
     tables = [number for number, line in enumerate(lines) if line.startswith("default  (")]
     assert tables
     for number in tables:
-        shown = [line.split("  ")[0] for line in lines[number + 1 : number + 1 + len(HAZARDS)]]
-        assert shown == list(HAZARDS)
+        hazards = [line.split("  ")[0] for line in lines[number + 1 : number + 1 + len(HAZARDS)]]
+        assert hazards == list(HAZARDS)
 
 
 def test_the_mechanism_line_is_the_c_extensions() -> None:
