@@ -671,8 +671,7 @@ static PyTypeObject ProcessMarkType = {
 /* The query path's two checks, as methods of the wrapper class: where the
  * process mark is read on every query (ensure_connection() at every cursor,
  * validate_no_broken_transaction() at every execute), a check written in
- * Python costs each query a few bytecodes more than Django's own, about 0.5 %
- * of a SQLite query's instructions on CPython 3.14 for each. Here the
+ * Python costs every query a few bytecodes more than Django's own. Here the
  * check is one load, and the rest is Django's body (`if self.connection is
  * None`, `if self.needs_rollback`): the slow paths (a child's invalidation,
  * connecting, raising) are Python's, given by query_path_methods(). */

@@ -128,7 +128,7 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         """The client Django's _cache builds. Its cached_property would also
         store it through the instance's __dict__, which is then no longer
         kept inline: every attribute and method lookup of Django's on the
-        object gets slower (3 % more instructions per get, on CPython 3.11)."""
+        object gets slower (more instructions on every get)."""
         django_cache = defined_after(type(self), ForkSafeMemcachedMixin, "_cache")
         if not isinstance(django_cache, _CACHED_PROPERTIES):
             # forksafe_cache() refuses such a class; one composed by hand (or

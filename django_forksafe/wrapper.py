@@ -358,8 +358,7 @@ def _check_ensure_connection(cls: type[Any]) -> None:
         return  # A fork-safe base class's does it already.
     if own is None and target is BaseDatabaseWrapper.ensure_connection:
         # Django's body written out rather than called through super(), which
-        # would add a frame to every query (2.4 % more instructions per SQLite
-        # query); the connecting part is Django's, through super() (see
+        # would add a frame to every query; the connecting part is Django's, through super() (see
         # _connect_through_django). With the C extension, its own.
         if _NATIVE_ENSURE_CONNECTION is not None:
             ensure_connection = async_unsafe(_NATIVE_ENSURE_CONNECTION)
