@@ -771,6 +771,106 @@ query_path_methods(PyObject *Py_UNUSED(module), PyObject *args)
     return Py_BuildValue("(NN)", ensure, validate);
 }
 
+/* A memcached cache object's client, read by every operation of Django's
+ * (`self._cache`): Django's cached_property is, once built, a plain
+ * attribute of the object, where a property written in Python costs every
+ * get a call. Here the mark is read in one load, then the attribute that
+ * holds the client; the slow paths (a child's invalidation, building a
+ * client, setting, deleting) are Python's, given to checked_client(). A
+ * data descriptor, as the property it replaces. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *attribute;  /* the instance's attribute holding the client */
+    PyObject *invalidate; /* registry.invalidate_if_forked */
+    PyObject *build;      /* (self) -> client, when the attribute is missing */
+    PyObject *setter;     /* (self, client) */
+    PyObject *deleter;    /* (self) */
+} CheckedClient;
+
+static void
+checked_client_dealloc(CheckedClient *self)
+{
+    Py_XDECREF(self->attribute);
+    Py_XDECREF(self->invalidate);
+    Py_XDECREF(self->build);
+    Py_XDECREF(self->setter);
+    Py_XDECREF(self->deleter);
+    PyObject_Free(self);
+}
+
+static PyObject *
+checked_client_get(PyObject *descriptor, PyObject *instance, PyObject *Py_UNUSED(owner))
+{
+    CheckedClient *self = (CheckedClient *)descriptor;
+    if (instance == NULL) {
+        return Py_NewRef(descriptor);
+    }
+    if (!mark_armed()) {
+        PyObject *result = PyObject_CallNoArgs(self->invalidate);
+        if (result == NULL) {
+            return NULL;
+        }
+        Py_DECREF(result);
+    }
+    PyObject *client = PyObject_GetAttr(instance, self->attribute);
+    if (client != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return client;
+    }
+    PyErr_Clear();
+    return PyObject_CallOneArg(self->build, instance);
+}
+
+static int
+checked_client_set(PyObject *descriptor, PyObject *instance, PyObject *value)
+{
+    CheckedClient *self = (CheckedClient *)descriptor;
+    PyObject *result = value == NULL ? PyObject_CallOneArg(self->deleter, instance)
+                                     : PyObject_CallFunctionObjArgs(self->setter, instance, value, NULL);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyTypeObject CheckedClientType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "django_forksafe._native.CheckedClient",
+    .tp_basicsize = sizeof(CheckedClient),
+    .tp_dealloc = (destructor)checked_client_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A cache object's client, the process mark read first (see checked_client()).",
+    .tp_descr_get = checked_client_get,
+    .tp_descr_set = checked_client_set,
+};
+
+static PyObject *
+checked_client(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *attribute, *invalidate, *build, *setter, *deleter;
+    if (!PyArg_ParseTuple(args, "UOOOO:checked_client", &attribute, &invalidate, &build, &setter, &deleter)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(invalidate) || !PyCallable_Check(build) || !PyCallable_Check(setter)
+        || !PyCallable_Check(deleter)) {
+        PyErr_SetString(PyExc_TypeError, "checked_client() takes an attribute name and four callables");
+        return NULL;
+    }
+    CheckedClient *self = PyObject_New(CheckedClient, &CheckedClientType);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(attribute);
+    PyUnicode_InternInPlace(&attribute);
+    self->attribute = attribute;
+    self->invalidate = Py_NewRef(invalidate);
+    self->build = Py_NewRef(build);
+    self->setter = Py_NewRef(setter);
+    self->deleter = Py_NewRef(deleter);
+    return (PyObject *)self;
+}
+
 static PyMethodDef methods[] = {
     {"add_endpoint", (PyCFunction)(void (*)(void))add_endpoint, METH_VARARGS | METH_KEYWORDS,
      "add_endpoint(family, address, port=0, suffix=False) -> bool\n\n"
@@ -808,6 +908,12 @@ static PyMethodDef methods[] = {
      "The query path's checks, as methods of `type` (see _native.c): each reads the\n"
      "process mark, calls invalidate() in a child, then does Django's body, calling\n"
      "connect(self) if not connected, broken(self) if a rollback is needed."},
+    {"checked_client", checked_client, METH_VARARGS,
+     "checked_client(attribute, invalidate, build, setter, deleter) -> descriptor\n\n"
+     "A data descriptor for a cache object's client (see _native.c): reading it\n"
+     "reads the process mark, calls invalidate() in a child, then returns the\n"
+     "instance's `attribute`, or build(self) where it has none; assigning calls\n"
+     "setter(self, client), deleting deleter(self)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -824,7 +930,7 @@ static int initialized;
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    if (PyType_Ready(&ProcessMarkType) < 0) {
+    if (PyType_Ready(&ProcessMarkType) < 0 || PyType_Ready(&CheckedClientType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_definition);

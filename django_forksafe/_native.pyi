@@ -24,3 +24,11 @@ def query_path_methods(
     broken: Callable[[Any], object],
     /,
 ) -> tuple[Callable[[Any], None], Callable[[Any], None]]: ...
+def checked_client(
+    attribute: str,
+    invalidate: Callable[[], object],
+    build: Callable[[Any], Any],
+    setter: Callable[[Any, Any], object],
+    deleter: Callable[[Any], object],
+    /,
+) -> Any: ...

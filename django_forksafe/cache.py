@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import operator
 import os
 import sys
 import weakref
@@ -41,7 +42,7 @@ from django.utils.functional import cached_property
 from django.utils.module_loading import import_string
 
 from django_forksafe import endpoints, registry, silencing
-from django_forksafe.detection import PROCESS_MARK
+from django_forksafe.detection import NATIVE, PROCESS_MARK
 from django_forksafe.subclassing import defined_after, fork_safe_subclass
 
 CacheClass = TypeVar("CacheClass", bound=type[memcached.BaseMemcachedCache])
@@ -88,9 +89,8 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
             # if the server is down), and miss a fork after the first.
             endpoints.remember_server(host, port)
 
-    @property
-    def _cache(self) -> Any:
-        # Django's methods read it once per operation (what that costs a
+    def _forksafe_get_client(self) -> Any:
+        # Django's methods read _cache once per operation (what that costs a
         # get: docs/performance.rst).
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
@@ -102,14 +102,12 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         # reported as raised while handling our AttributeError.
         return self._forksafe_connect()
 
-    @_cache.setter
-    def _cache(self, client: Any) -> None:
+    def _forksafe_set_client(self, client: Any) -> None:
         # What assigning to Django's cached_property does: this client from now on.
         del self._cache
         self._forksafe_track(client)
 
-    @_cache.deleter
-    def _cache(self) -> None:
+    def _forksafe_delete_client(self) -> None:
         # What deleting Django's cached_property does: a new client on next use.
         if not PROCESS_MARK[0]:
             registry.invalidate_if_forked()
@@ -117,6 +115,20 @@ class ForkSafeMemcachedMixin(memcached.BaseMemcachedCache):
         client = vars(self).pop("_forksafe_client", None)
         if client is not None:
             _open_clients.pop(id(client), None)  # Left to the GC, as by Django.
+
+    # With the C extension, the same in C where it is read on every get (the
+    # mark, then _forksafe_client); the rest is the methods above.
+    _cache = (
+        property(_forksafe_get_client, _forksafe_set_client, _forksafe_delete_client)
+        if NATIVE is None or PROCESS_MARK is not NATIVE.PROCESS_MARK
+        else NATIVE.checked_client(
+            "_forksafe_client",
+            registry.invalidate_if_forked,
+            operator.methodcaller("_forksafe_connect"),
+            _forksafe_set_client,
+            _forksafe_delete_client,
+        )
+    )
 
     def _forksafe_connect(self) -> Any:
         inherited = vars(self).pop("_forksafe_inherited", None)

@@ -457,6 +457,10 @@ def test_backend_is_djangos_in_the_parent(library: str) -> None:
     assert made._cache is client and made.get(key) == 2
     del made._cache  # As with Django's cached_property: a new client.
     assert made._cache is not client
+    replacement = made._cache
+    made._cache = client  # And this one from now on, as assigning to it does.
+    assert made._cache is client and made.get(key) == 2
+    made._cache = replacement
     made.delete(key)
     # Django leaves a dropped client to the GC, and PyLibMCCache's close()
     # to libmemcached: disconnected here, so that no socket is left open.
