@@ -89,9 +89,12 @@ def hold_whole_pool() -> tuple[list[int], list[str]]:
     """POOL_SIZE threads each take a connection at once, then give it back:
     every connection of the pool in use together, none handed out twice.
     Returns the sessions they ran on and the errors they met."""
-    from django.db import connection
+    from django.db import connection, connections
 
-    if any(klass.__module__.startswith("django_db_geventpool.") for klass in type(connection).__mro__):
+    # The wrapper's class, not django.db.connection's: that is a proxy (the
+    # threads below then met gevent's queue and semaphore, and one of them
+    # now and then waited for ever: a loaded run's 300 s hang).
+    if any(klass.__module__.startswith("django_db_geventpool.") for klass in type(connections["default"]).__mro__):
         return hold_whole_gevent_pool()
 
     holding = threading.Barrier(POOL_SIZE)
