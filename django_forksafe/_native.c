@@ -41,7 +41,9 @@
  *
  * It reads that mark on the query path too: query_path_methods() gives the
  * wrapper class its two checks as methods written here, the mark read in C
- * where Python's would cost every query a few bytecodes more.
+ * where Python's would cost every query a few bytecodes more; and
+ * checked_client() gives a memcached cache object's _cache, read by every
+ * operation, as a descriptor written here, for the same reason.
  *
  * The rest is for the registry, called from Python with the GIL held, where
  * C saves a child its first use's page faults: is_database_socket(), the
@@ -777,7 +779,10 @@ query_path_methods(PyObject *Py_UNUSED(module), PyObject *args)
  * get a call. Here the mark is read in one load, then the attribute that
  * holds the client; the slow paths (a child's invalidation, building a
  * client, setting, deleting) are Python's, given to checked_client(). A
- * data descriptor, as the property it replaces. */
+ * data descriptor, as the property it replaces. Not tracked by the garbage
+ * collector: it lives as long as the class it is set on, and is given
+ * module-level functions only (a closure holding a class or an instance
+ * would make a cycle the collector cannot see). */
 
 typedef struct {
     PyObject_HEAD
